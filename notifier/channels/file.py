@@ -1,0 +1,107 @@
+"""The file channel: with no provider configured, SMS are appended as JSON lines and emails written as .eml files,
+so the whole pipeline runs offline and its output can be read by a person."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+
+from ..models import utcnow
+from .base import Message, SendResult
+
+
+class FileSmsChannel:
+    """Appends each SMS as one JSON line to <outbox>/sms.jsonl."""
+
+    kind = "sms"
+    name = "file"
+    max_length = 1600
+
+    def __init__(self, outbox_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(outbox_dir) / "sms.jsonl"
+        self._lock = threading.Lock()
+
+    def send(self, message: Message) -> SendResult:
+        """Append the SMS; a full disk or unwritable folder is a retryable failure, never a lost line."""
+        line = json.dumps({"id": f"file-sms-{message.notification_id}", "to": message.recipient,
+                           "body": message.body_text, "segments": message.segments,
+                           "at": utcnow().isoformat()}, ensure_ascii=False) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            return SendResult.retry("file", f"cannot write the SMS outbox: {exc.strerror}")
+        return SendResult.sent(f"file-sms-{message.notification_id}")
+
+    def lookup(self, message: Message) -> str | None:
+        """The provider id if this notification's line is already in the outbox (crash reconciliation)."""
+        wanted = f'"id": "file-sms-{message.notification_id}"'
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return next((f"file-sms-{message.notification_id}" for line in handle if wanted in line), None)
+        except FileNotFoundError:
+            return None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class FileEmailChannel:
+    """Writes each email as <outbox>/email/<notification id>.eml (text + HTML multipart)."""
+
+    kind = "email"
+    name = "file"
+    max_length = 1_000_000
+
+    def __init__(self, outbox_dir: str | os.PathLike[str], sender: str) -> None:
+        self.folder = Path(outbox_dir) / "email"
+        self.sender = sender
+
+    def send(self, message: Message) -> SendResult:
+        """Write the .eml atomically (temp file + rename) so a crash never leaves half a message."""
+        email = build_email(message, self.sender)
+        target = self.folder / f"{message.notification_id}.eml"
+        partial = target.with_suffix(".eml.part")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(bytes(email))
+            os.replace(partial, target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            return SendResult.retry("file", f"cannot write the email outbox: {exc.strerror}")
+        return SendResult.sent(f"file-email-{message.notification_id}")
+
+    def lookup(self, message: Message) -> str | None:
+        """The provider id if this notification's .eml was already written (crash reconciliation)."""
+        target = self.folder / f"{message.notification_id}.eml"
+        return f"file-email-{message.notification_id}" if target.is_file() else None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def build_email(message: Message, sender: str) -> EmailMessage:
+    """A multipart text + HTML email with Message-ID and List-Unsubscribe headers."""
+    email = EmailMessage()
+    email["From"] = sender
+    email["To"] = message.recipient
+    email["Subject"] = message.subject or ""
+    email["Date"] = formatdate(localtime=False)
+    if message.message_id:
+        email["Message-ID"] = message.message_id
+    if message.unsubscribe_url:
+        email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
+        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for name, value in message.headers.items():
+        email[name] = value
+    email.set_content(message.body_text)
+    if message.body_html:
+        email.add_alternative(message.body_html, subtype="html")
+    return email

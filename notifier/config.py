@@ -1,0 +1,215 @@
+"""Settings from notifier.toml and NOTIFIER_* environment variables; secrets only from the environment.
+
+Precedence: built-in defaults < notifier.toml (path from NOTIFIER_CONFIG, else ./notifier.toml) < environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from . import NotifierError
+
+SECRET_FIELDS = {"twilio_auth_token", "smtp_password", "secret_key"}
+
+
+class ConfigError(NotifierError):
+    """notifier.toml or an environment variable is wrong."""
+
+
+@dataclass(frozen=True)
+class FeedSource:
+    """One configured feed: where to fetch it, how to read it, how often."""
+
+    name: str
+    url: str
+    format: str = "auto"
+    poll_seconds: int = 120
+    stale_after_seconds: int = 1800
+    mapping: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Read with `load_settings()`."""
+
+    database_url: str = "sqlite:///notifier.db"
+    outbox_dir: str = "outbox"
+    rules_dirs: tuple[str, ...] = ()
+    operator: str = ""
+    ops_email: str = ""
+    # offers
+    offers_per_booking: int = 2
+    hold_minutes: int = 720
+    offer_deadline_hours: int = 12
+    # planning and approval
+    approval_threshold: int = 500
+    min_notice_interval_minutes: int = 30
+    # messages
+    default_language: str = "en"
+    languages: tuple[str, ...] = ("zh-CN", "en")
+    public_base_url: str = "https://ferry.example"
+    secret_key: str = ""
+    company_name: str = "Strait Ferries"
+    company_name_zh: str = "海峡轮渡"
+    helpline: str = "+86 898 0000 0000"
+    sms_price_per_segment: Decimal = Decimal("0.0079")
+    sms_price_currency: str = "USD"
+    # delivery
+    sms_segments_per_second: float = 10.0
+    emails_per_second: float = 20.0
+    dispatch_threads: int = 8
+    dispatch_batch: int = 200
+    lease_seconds: int = 120
+    max_attempts: int = 8
+    max_age_minutes: int = 360
+    sms_validity_seconds: int = 14400
+    safety_critical_opt_out: str = "respect"  # respect | send
+    # providers (credentials come from the environment only)
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from: str = ""
+    twilio_messaging_service_sid: str = ""
+    twilio_api_base: str = "https://api.twilio.com"
+    twilio_status_callback: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_from: str = "notices@ferry.example"
+    # feeds
+    feeds: tuple[FeedSource, ...] = ()
+    fetch_max_bytes: int = 5_000_000
+    fetch_timeout_seconds: float = 10.0
+
+    @property
+    def sms_configured(self) -> bool:
+        """True when Twilio credentials and a sender are set."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token
+                    and (self.twilio_from or self.twilio_messaging_service_sid))
+
+    @property
+    def smtp_configured(self) -> bool:
+        """True when an SMTP relay is set."""
+        return bool(self.smtp_host)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with secrets replaced, for `config show`."""
+        shown = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = "****"
+            elif f.name == "database_url":
+                value = _mask_url_password(value)
+            shown[f.name] = value
+        return shown
+
+
+# Environment variables named by the providers' own conventions, besides NOTIFIER_<FIELD>.
+_ENV_ALIASES = {
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_FROM": "twilio_from",
+    "TWILIO_MESSAGING_SERVICE_SID": "twilio_messaging_service_sid",
+}
+_SECRET_FROM_FILE_MESSAGE = "secrets are read from the environment only; remove '{key}' from {path}"
+
+
+def _mask_url_password(url: str) -> str:
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:****@{host}"
+    return url
+
+
+def _coerce(name: str, raw: Any, current: Any) -> Any:
+    try:
+        if isinstance(current, bool):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, Decimal):
+            return Decimal(str(raw))
+        if isinstance(current, tuple) and name != "feeds":
+            if isinstance(raw, str):
+                return tuple(part.strip() for part in raw.split(",") if part.strip())
+            return tuple(raw)
+    except (ValueError, ArithmeticError) as exc:
+        raise ConfigError(f"setting '{name}': cannot read {raw!r} ({exc})") from None
+    return raw if not isinstance(current, str) else str(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration ({exc})") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "feeds":
+            flat["feeds"] = value
+        elif isinstance(value, dict):  # [twilio] account_sid = ... -> twilio_account_sid
+            for sub, subvalue in value.items():
+                flat[f"{key}_{sub}"] = subvalue
+        else:
+            flat[key] = value
+    for key in flat:
+        if key in SECRET_FIELDS:
+            raise ConfigError(_SECRET_FROM_FILE_MESSAGE.format(key=key, path=path))
+    return flat
+
+
+def _feed_sources(raw: Any) -> tuple[FeedSource, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("[[feeds]] must be a list of tables with name, url and format")
+    sources = []
+    for entry in raw:
+        try:
+            sources.append(FeedSource(**entry))
+        except TypeError as exc:
+            raise ConfigError(f"[[feeds]] entry {entry.get('name', '?')!r}: {exc}") from None
+    return tuple(sources)
+
+
+def load_settings(config_path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Build Settings from defaults, the TOML file, the environment and explicit overrides."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = Path(config_path or env.get("NOTIFIER_CONFIG") or "notifier.toml")
+    if path.is_file():
+        values.update(_read_toml(path))
+    elif config_path or env.get("NOTIFIER_CONFIG"):
+        raise ConfigError(f"configuration file {path} does not exist")
+
+    for alias, name in _ENV_ALIASES.items():
+        if env.get(alias):
+            values[name] = env[alias]
+    for key, value in env.items():
+        if key.startswith("NOTIFIER_") and key[9:].lower() in known:
+            values[key[9:].lower()] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    coerced = {}
+    for name, raw in values.items():
+        coerced[name] = _feed_sources(raw) if name == "feeds" else _coerce(name, raw, getattr(settings, name))
+    return replace(settings, **coerced)

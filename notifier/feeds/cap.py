@@ -1,0 +1,192 @@
+"""CAP (OASIS Common Alerting Protocol) 1.0 / 1.1 / 1.2 alerts: bytes -> Observations. Pure: no I/O.
+
+Read through defusedxml (no entities, no external references). Namespaces and prefixes vary between publishers
+(`cap:alert`, default namespace, CAP 1.1 namespace), so elements are matched by local name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from . import MAX_FEED_BYTES, Area, FeedParseError, Observation
+
+CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
+                  "http://www.incident.com/cap/1.0")
+MSG_TYPES = {"Alert", "Update", "Cancel", "Ack", "Error"}
+
+
+def parse(data: bytes, source: str = "") -> list[Observation]:
+    """Parse one CAP alert document into one Observation."""
+    root = parse_xml(data, what="CAP alert")
+    if local_name(root.tag) != "alert":
+        raise FeedParseError(f"not a CAP alert: the document's root element is <{local_name(root.tag)}>")
+    return [alert_to_observation(root)]
+
+
+def parse_xml(data: bytes, what: str) -> Element:
+    """Parse untrusted XML safely; every failure becomes a FeedParseError with a readable reason."""
+    if len(data) > MAX_FEED_BYTES:
+        raise FeedParseError(f"{what} is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
+    try:
+        return SafeET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as exc:
+        raise FeedParseError(f"{what} refused: unsafe XML ({type(exc).__name__})") from None
+    except ParseError as exc:
+        raise FeedParseError(f"{what} is not well-formed XML ({exc})") from None
+
+
+def local_name(tag: str) -> str:
+    """'{urn:...cap:1.2}alert' -> 'alert'."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def child(element: Element, name: str) -> Element | None:
+    """The first child with this local name."""
+    for sub in element:
+        if local_name(sub.tag) == name:
+            return sub
+    return None
+
+
+def children(element: Element, name: str) -> list[Element]:
+    """All children with this local name."""
+    return [sub for sub in element if local_name(sub.tag) == name]
+
+
+def text(element: Element, name: str) -> str:
+    """The stripped text of the first child with this local name, or ''."""
+    found = child(element, name)
+    return (found.text or "").strip() if found is not None else ""
+
+
+def parse_time(value: str, field_name: str) -> datetime | None:
+    """A CAP dateTime, which must carry its UTC offset; a time without one is refused, not guessed."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise FeedParseError(f"<{field_name}> is not a date-time: {value[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise FeedParseError(f"<{field_name}> {value[:40]!r} has no UTC offset; CAP times must carry one")
+    return moment
+
+
+def parse_references(value: str) -> list[str]:
+    """'sender,identifier,sent sender,identifier,sent' -> ['sender,identifier', ...] (sent is not part of the id)."""
+    refs = []
+    for triple in value.split():
+        parts = triple.split(",")
+        if len(parts) >= 2 and parts[0] and parts[1]:
+            refs.append(f"{parts[0]},{parts[1]}")
+    return refs
+
+
+def alert_to_observation(alert: Element) -> Observation:
+    """Map one <alert> element (with any number of <info> blocks) to an Observation."""
+    identifier, sender = text(alert, "identifier"), text(alert, "sender")
+    sent_text = text(alert, "sent")
+    if not identifier or not sender or not sent_text:
+        raise FeedParseError("CAP alert lacks <identifier>, <sender> or <sent>")
+    msg_type = text(alert, "msgType") or "Alert"
+    if msg_type not in MSG_TYPES:
+        raise FeedParseError(f"CAP <msgType> {msg_type!r} is not one of {', '.join(sorted(MSG_TYPES))}")
+    sent = parse_time(sent_text, "sent")
+    infos = children(alert, "info")
+    observation = Observation(
+        source=sender, format="cap", kind="weather_alert", external_id=identifier, version=sent.isoformat(),
+        msg_type=msg_type, status=text(alert, "status") or "Actual",
+        references=parse_references(text(alert, "references")), sent=sent)
+    if infos:
+        _apply_infos(observation, infos)
+    return observation
+
+
+def _apply_infos(observation: Observation, infos: list[Element]) -> None:
+    # The first block in English is primary (rules are written against English event names); other languages
+    # are kept as translations, and every block's areas count.
+    primary = next((i for i in infos if text(i, "language").lower().startswith("en")), infos[0])
+    observation.language = text(primary, "language") or "en-US"
+    observation.event = text(primary, "event")
+    observation.severity = text(primary, "severity") or None
+    observation.urgency = text(primary, "urgency") or None
+    observation.certainty = text(primary, "certainty") or None
+    observation.onset = parse_time(text(primary, "onset"), "onset")
+    observation.effective = parse_time(text(primary, "effective"), "effective")
+    observation.expires = parse_time(text(primary, "expires"), "expires")
+    observation.headline = text(primary, "headline")
+    observation.description = text(primary, "description")
+    observation.instruction = text(primary, "instruction")
+    observation.fields["categories"] = [c.text.strip() for c in children(primary, "category") if c.text]
+    observation.fields["parameters"] = _parameters(primary)
+    for info in infos:
+        language = text(info, "language") or "en-US"
+        observation.texts.setdefault(language, {"headline": text(info, "headline"),
+                                                "description": text(info, "description"),
+                                                "event": text(info, "event")})
+        observation.areas.extend(_area(area) for area in children(info, "area"))
+    observation.ports = sorted({code.split(":", 1)[1] for area in observation.areas for code in area.geocodes
+                                if code.startswith("UNLOCODE:")})
+
+
+def _parameters(info: Element) -> dict[str, str]:
+    params = {}
+    for parameter in children(info, "parameter"):
+        name, value = text(parameter, "valueName"), text(parameter, "value")
+        if name:
+            params[name] = value
+    return params
+
+
+def _area(area: Element) -> Area:
+    result = Area(description=text(area, "areaDesc"))
+    for polygon in children(area, "polygon"):
+        ring = _polygon((polygon.text or "").strip())
+        if ring:
+            result.polygons.append(ring)
+    for circle in children(area, "circle"):
+        if (circle.text or "").strip():
+            result.circles.append(_circle(circle.text.strip()))
+    for geocode in children(area, "geocode"):
+        name, value = text(geocode, "valueName"), text(geocode, "value")
+        if name and value:
+            code = f"{name.upper()}:{value}"
+            if code not in result.geocodes:
+                result.geocodes.append(code)
+    return result
+
+
+def _point(pair: str) -> tuple[float, float]:
+    try:
+        lat_text, lon_text = pair.split(",")
+        lat, lon = float(lat_text), float(lon_text)
+    except ValueError:
+        raise FeedParseError(f"CAP coordinate {pair[:40]!r} is not 'lat,lon'") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise FeedParseError(f"CAP coordinate {pair[:40]!r} is outside the globe")
+    return lat, lon
+
+
+def _polygon(value: str) -> list[tuple[float, float]]:
+    if not value:
+        return []
+    ring = [_point(pair) for pair in value.split()]
+    if len(ring) < 4:
+        raise FeedParseError(f"CAP polygon has {len(ring)} points; at least 4 (a closed ring) are required")
+    return ring
+
+
+def _circle(value: str) -> tuple[float, float, float]:
+    try:
+        centre, radius_text = value.split()
+        radius = float(radius_text)
+    except ValueError:
+        raise FeedParseError(f"CAP circle {value[:40]!r} is not 'lat,lon radius'") from None
+    if radius < 0:
+        raise FeedParseError(f"CAP circle {value[:40]!r} has a negative radius")
+    lat, lon = _point(centre)
+    return lat, lon, radius

@@ -1,0 +1,437 @@
+"""The domain model: network, bookings, the pipeline's rows (feed items -> disruptions -> offers -> outbox) and audit.
+
+Every datetime is timezone-aware UTC in Python; `UTCDateTime` makes SQLite (which has no time zones) behave like
+PostgreSQL's timestamptz. Money is Decimal. Each pipeline table carries the unique key from DESIGN.md §2.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, Numeric, String,
+                        Text, TypeDecorator, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every engine; a naive datetime is refused rather than guessed."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: notifier stores timezone-aware UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Money = Numeric(12, 2, asdecimal=True)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, Decimal: Money, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# --- the network -------------------------------------------------------------------------------------------------
+
+class Port(Base):
+    __tablename__ = "ports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    locode: Mapped[str] = mapped_column(String(5), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    name_zh: Mapped[str | None] = mapped_column(String(120))
+    country: Mapped[str] = mapped_column(String(2))
+    lat: Mapped[float]
+    lon: Mapped[float]
+    timezone: Mapped[str] = mapped_column(String(64))
+    # Marine-zone / UGC / SAME codes that cover this port, e.g. ["UGC:PZZ530"], for geocode matching.
+    zone_codes: Mapped[list[Any]] = mapped_column(default=list)
+    gtfs_stop_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class Route(Base):
+    __tablename__ = "routes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # passenger | cargo
+    origin_port_id: Mapped[int] = mapped_column(ForeignKey("ports.id"))
+    destination_port_id: Mapped[int] = mapped_column(ForeignKey("ports.id"))
+    # Which passenger-rights regime applies: EU (1177/2010), CN, HK, OTHER.
+    jurisdiction: Mapped[str] = mapped_column(String(8), default="OTHER")
+    gtfs_route_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+    origin: Mapped[Port] = relationship(foreign_keys=[origin_port_id])
+    destination: Mapped[Port] = relationship(foreign_keys=[destination_port_id])
+
+
+class Vessel(Base):
+    __tablename__ = "vessels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    imo: Mapped[str] = mapped_column(String(10), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+
+
+class Sailing(Base):
+    __tablename__ = "sailings"
+    __table_args__ = (Index("ix_sailings_departure", "scheduled_departure"),
+                      Index("ix_sailings_route_departure", "route_id", "scheduled_departure"),
+                      Index("ix_sailings_vessel_voyage", "vessel_id", "voyage"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    route_id: Mapped[int] = mapped_column(ForeignKey("routes.id"))
+    vessel_id: Mapped[int | None] = mapped_column(ForeignKey("vessels.id"))
+    voyage: Mapped[str | None] = mapped_column(String(32))
+    origin_port_id: Mapped[int] = mapped_column(ForeignKey("ports.id"))
+    destination_port_id: Mapped[int] = mapped_column(ForeignKey("ports.id"))
+    scheduled_departure: Mapped[datetime]
+    scheduled_arrival: Mapped[datetime]
+    estimated_departure: Mapped[datetime | None]
+    estimated_arrival: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="scheduled")  # scheduled|delayed|cancelled|departed
+    gtfs_trip_id: Mapped[str | None] = mapped_column(String(128), index=True)
+
+    route: Mapped[Route] = relationship()
+    vessel: Mapped[Vessel | None] = relationship()
+    origin: Mapped[Port] = relationship(foreign_keys=[origin_port_id])
+    destination: Mapped[Port] = relationship(foreign_keys=[destination_port_id])
+    capacities: Mapped[list[SailingCapacity]] = relationship(back_populates="sailing")
+
+
+class SailingCapacity(Base):
+    """Places of one kind on one sailing. `booked` and `held` are kept as counters so that a hold is one
+    conditional UPDATE (`... WHERE capacity - booked - held >= n`), race-free on SQLite and PostgreSQL."""
+
+    __tablename__ = "sailing_capacities"
+    __table_args__ = (UniqueConstraint("sailing_id", "space_class"),
+                      CheckConstraint("booked + held <= capacity", name="ck_capacity_not_exceeded"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sailing_id: Mapped[int] = mapped_column(ForeignKey("sailings.id"))
+    # Passenger cabin class ("economy", "business"), "vehicle", or cargo "teu" / "reefer".
+    space_class: Mapped[str] = mapped_column(String(32))
+    capacity: Mapped[int]
+    booked: Mapped[int] = mapped_column(default=0)
+    held: Mapped[int] = mapped_column(default=0)
+
+    sailing: Mapped[Sailing] = relationship(back_populates="capacities")
+
+    @property
+    def free(self) -> int:
+        """Places neither booked nor held."""
+        return self.capacity - self.booked - self.held
+
+
+# --- customers and bookings --------------------------------------------------------------------------------------
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(20), index=True)  # E.164
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    # Channels the customer accepts, in order of preference, e.g. ["sms", "email"].
+    channels: Mapped[list[Any]] = mapped_column(default=lambda: ["sms", "email"])
+    key_account: Mapped[bool] = mapped_column(default=False)
+
+
+class Booking(Base):
+    __tablename__ = "bookings"
+    __table_args__ = (Index("ix_bookings_sailing_status", "sailing_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[str] = mapped_column(String(32), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # passenger | cargo
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    sailing_id: Mapped[int] = mapped_column(ForeignKey("sailings.id"))
+    status: Mapped[str] = mapped_column(String(16), default="confirmed")  # confirmed|rebooked|refund|cancelled
+    space_class: Mapped[str] = mapped_column(String(32))  # economy/business... or teu for cargo
+    # passenger ticket
+    party_size: Mapped[int] = mapped_column(default=1)
+    vehicles: Mapped[int] = mapped_column(default=0)
+    accessibility_needs: Mapped[bool] = mapped_column(default=False)
+    # cargo booking
+    containers: Mapped[int] = mapped_column(default=0)
+    teu: Mapped[int] = mapped_column(default=0)
+    reefer_plugs: Mapped[int] = mapped_column(default=0)
+    dangerous_goods: Mapped[bool] = mapped_column(default=False)
+    shipper: Mapped[str | None] = mapped_column(String(200))
+    cutoffs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # DCSA codes DCO/VCO/FCO... -> ISO time
+    # money, as paid
+    fare_paid: Mapped[Decimal] = mapped_column(default=Decimal("0"))
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    customer: Mapped[Customer] = relationship()
+    sailing: Mapped[Sailing] = relationship()
+
+    @property
+    def places(self) -> int:
+        """How many places of `space_class` this booking occupies."""
+        return self.teu if self.kind == "cargo" else self.party_size
+
+
+# --- the pipeline --------------------------------------------------------------------------------------------------
+
+class FeedItem(Base):
+    """One version of one item from one feed; a re-polled copy hits the unique key and is a no-op."""
+
+    __tablename__ = "feed_items"
+    __table_args__ = (UniqueConstraint("source", "external_id", "version"),
+                      Index("ix_feed_items_status", "status"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(120))
+    external_id: Mapped[str] = mapped_column(String(400))
+    version: Mapped[str] = mapped_column(String(120))
+    format: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    msg_type: Mapped[str] = mapped_column(String(16), default="Alert")
+    references: Mapped[list[Any]] = mapped_column(default=list)
+    observation: Mapped[dict[str, Any]] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="new")  # new | processed
+    processed_at: Mapped[datetime | None]
+
+
+class FeedSourceState(Base):
+    """Health and conditional-GET state of one configured feed source."""
+
+    __tablename__ = "feed_sources"
+
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    etag: Mapped[str | None] = mapped_column(String(400))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    last_polled_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_error_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    last_feed_timestamp: Mapped[datetime | None]
+
+
+class FeedError(Base):
+    """A feed that could not be read: recorded, shown to ops, never a crash."""
+
+    __tablename__ = "feed_errors"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(120), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    message: Mapped[str] = mapped_column(Text)
+
+
+class Disruption(Base):
+    """What a hazard does to one sailing. `active_key` is "<sailing>:<kind>" while active and NULL afterwards,
+    which gives "unique per (sailing, kind) while active" on every engine."""
+
+    __tablename__ = "disruptions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    active_key: Mapped[str | None] = mapped_column(String(80), unique=True)
+    sailing_id: Mapped[int] = mapped_column(ForeignKey("sailings.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # cancelled | delayed | port_omitted | advisory | resumed
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | superseded | cleared
+    revision: Mapped[int] = mapped_column(default=1)
+    planned_revision: Mapped[int] = mapped_column(default=0)
+    cause: Mapped[str] = mapped_column(String(64))  # weather | port_closure | strike | technical | schedule ...
+    cause_text: Mapped[str] = mapped_column(Text, default="")
+    severity: Mapped[str] = mapped_column(String(16), default="Severe")
+    delay_minutes: Mapped[int | None]
+    window_start: Mapped[datetime | None]
+    window_end: Mapped[datetime | None]
+    rule_id: Mapped[str | None] = mapped_column(String(120))
+    feed_item_id: Mapped[int | None] = mapped_column(ForeignKey("feed_items.id"))
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("disruptions.id"))
+    notify: Mapped[dict[str, Any]] = mapped_column(default=dict)  # template, channels, audience, approval
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)  # entitlements that apply
+    known_at: Mapped[datetime] = mapped_column(default=utcnow)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cleared_at: Mapped[datetime | None]
+
+    sailing: Mapped[Sailing] = relationship()
+
+
+class Broadcast(Base):
+    """A planned send: automatic (a rule fired) or manual (a duty officer asked)."""
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    origin: Mapped[str] = mapped_column(String(16))  # automatic | manual
+    status: Mapped[str] = mapped_column(String(24), default="planning")
+    # planning | awaiting_approval | approved | sending | paused | cancelled | done
+    kind: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(64))
+    channels: Mapped[list[Any]] = mapped_column(default=lambda: ["sms", "email"])
+    audience: Mapped[str] = mapped_column(String(16), default="all")
+    reason: Mapped[str | None] = mapped_column(Text)
+    target: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    needs_approval: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[str] = mapped_column(String(120))
+    approved_by: Mapped[str | None] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    approved_at: Mapped[datetime | None]
+    recipient_count: Mapped[int] = mapped_column(default=0)
+    preview: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Offer(Base):
+    """One choice put to one booking for one disruption revision: a held rebooking, a refund, or compensation."""
+
+    __tablename__ = "offers"
+    __table_args__ = (UniqueConstraint("booking_id", "disruption_id", "revision", "option_key"),
+                      Index("ix_offers_status_expiry", "status", "hold_expires_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    disruption_id: Mapped[int] = mapped_column(ForeignKey("disruptions.id"), index=True)
+    revision: Mapped[int]
+    option_key: Mapped[str] = mapped_column(String(4))  # "1", "2" ... for rebooking, "R" refund, "C" compensation
+    kind: Mapped[str] = mapped_column(String(16))  # rebook | refund | compensation | standby
+    sailing_id: Mapped[int | None] = mapped_column(ForeignKey("sailings.id"))
+    space_class: Mapped[str | None] = mapped_column(String(32))
+    places: Mapped[int] = mapped_column(default=0)
+    amount: Mapped[Decimal | None]
+    currency: Mapped[str | None] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|held|accepted|released|expired
+    hold_expires_at: Mapped[datetime | None]
+    deadline: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    sailing: Mapped[Sailing | None] = relationship()
+    booking: Mapped[Booking] = relationship()
+
+
+class Notification(Base):
+    """The outbox: one notice to one recipient on one channel. `dedup_key` is
+    booking:recipient:channel:disruption:revision (DESIGN.md §2) so nothing is ever planned twice."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_claim", "status", "priority", "next_attempt_at"),
+                      Index("ix_notifications_broadcast_status", "broadcast_id", "status"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(300), unique=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    disruption_id: Mapped[int | None] = mapped_column(ForeignKey("disruptions.id"), index=True)
+    revision: Mapped[int] = mapped_column(default=0)
+    broadcast_id: Mapped[int | None] = mapped_column(ForeignKey("broadcasts.id"))
+    channel: Mapped[str] = mapped_column(String(8))  # sms | email
+    recipient: Mapped[str] = mapped_column(String(254))
+    language: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(16), default="notice")  # notice|confirmation|reminder|fallback
+    subject: Mapped[str | None] = mapped_column(Text)
+    body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)
+    segments: Mapped[int] = mapped_column(default=0)
+    safety_critical: Mapped[bool] = mapped_column(default=True)
+    # queued|held|sending|sent|delivered|undelivered|failed|suppressed|expired|cancelled
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    priority: Mapped[int] = mapped_column(default=0)  # lower goes first: epoch seconds of the departure
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(120))
+    provider_id: Mapped[str | None] = mapped_column(String(120), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    final_at: Mapped[datetime | None]
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)
+    attempt_no: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | retry | failed | reconciled | callback
+    provider_id: Mapped[str | None] = mapped_column(String(120))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class CustomerResponse(Base):
+    """A customer's answer: a choice from the web page or an SMS reply (also free text and scores)."""
+
+    __tablename__ = "customer_responses"
+    __table_args__ = (UniqueConstraint("booking_id", "disruption_id", "decision_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    disruption_id: Mapped[int | None] = mapped_column(ForeignKey("disruptions.id"))
+    offer_id: Mapped[int | None] = mapped_column(ForeignKey("offers.id"))
+    channel: Mapped[str] = mapped_column(String(8))  # web | sms | email | agent
+    choice: Mapped[str] = mapped_column(String(16))  # rebook | refund | free_text | help | score
+    # "choice" for the one decision a booking may take per disruption; NULL (not unique) for free text etc.
+    decision_key: Mapped[str | None] = mapped_column(String(16))
+    raw_text: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OptOut(Base):
+    """STOP from a phone (or an unsubscribe from an email address), mirrored from the provider."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str] = mapped_column(String(254))
+    source: Mapped[str] = mapped_column(String(32))  # sms_stop | twilio_21610 | unsubscribe | agent
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who did what, when: operator actions and automatic decisions. Never holds contacts or secrets."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(120))  # operator name, or "watcher", "rules", "dispatcher"
+    action: Mapped[str] = mapped_column(String(64))
+    subject_type: Mapped[str | None] = mapped_column(String(32))
+    subject_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Lock(Base):
+    """Leader election on engines without advisory locks: one row per lock with a renewable lease."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(120))
+    expires_at: Mapped[datetime]
