@@ -1,0 +1,116 @@
+"""DCSA schedules and track & trace: omitted, blanked and late port calls of container services."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from notifier.feeds import FeedParseError, dcsa
+
+
+def test_ovs_schedule_gives_one_port_call_per_transport_call(feed_file):
+    calls = dcsa.parse(feed_file("dcsa/ovs-300-response.json"), source="carrier-ovs")
+    assert [c.fields["port_call_status"] for c in calls] == ["OMIT", "BLNK", "OMIT", "OMIT", "BLNK"]
+    amsterdam = calls[0]
+    assert amsterdam.kind == "port_call" and amsterdam.source == "carrier-ovs"
+    assert amsterdam.event == "Port call omitted"
+    assert amsterdam.ports == ["NLAMS"] and amsterdam.routes == ["FE1"]
+    assert amsterdam.external_id == "SR12345X-9321483-2107W-NLAMS-ACT-1-1"
+    assert amsterdam.fields["vessel_imo"] == "9321483" and amsterdam.fields["vessel_name"] == "King of the Seas"
+    assert amsterdam.fields["carrier_voyage"] == "2103N/2103S"
+    assert amsterdam.fields["planned_arrival"] == "2024-01-14T08:21:00+00:00"
+    assert amsterdam.fields["delay_reason_code"] == "WEA" and amsterdam.fields["delay_reason"] == "Bad weather"
+    assert amsterdam.headline == "Port call omitted: King of the Seas voyage 2103N/2103S at NLAMS"
+
+
+def test_unknown_delay_codes_are_kept_without_a_description(feed_file):
+    singapore = dcsa.parse(feed_file("dcsa/ovs-300-response.json"))[1]
+    assert singapore.fields["delay_reason_code"] == "TRF"  # not an SMDG code: accepted as given
+    assert singapore.fields["delay_reason"] is None
+    assert singapore.description == "Traffic congestion"
+    assert singapore.fields["event_type"] == "DEPA" and singapore.fields["classifier"] == "ACT"
+
+
+def test_a_late_call_has_its_delay_in_minutes_and_reason(feed_file):
+    hong_kong, shekou = dcsa.parse(feed_file("handmade/dcsa-ovs-delayed-call.json"))
+    assert hong_kong.fields["port_call_status"] == "CUTR" and hong_kong.event == "Cut and run"
+    assert hong_kong.fields["estimated_arrival"] == "2025-09-24T11:30:00+00:00"
+    assert hong_kong.fields["planned_departure"] == "2025-09-24T18:00:00+00:00"
+    # Arrival 13 h 30 min late, departure 16 h 15 min late: the worse counts.
+    assert hong_kong.fields["delay_minutes"] == 975
+    assert (hong_kong.fields["event_type"], hong_kong.fields["classifier"]) == ("DEPA", "EST")
+    assert hong_kong.fields["delay_reason_code"] == "WEA"
+    assert hong_kong.fields["change_remark"] == "Typhoon Ragasa: port closed under signal No. 8"
+    assert hong_kong.onset == datetime(2025, 9, 24, 11, 30, tzinfo=UTC)
+    assert hong_kong.expires == datetime(2025, 9, 25, 10, 15, tzinfo=UTC)
+    assert shekou.fields["delay_minutes"] == -20  # early
+    assert shekou.fields["carrier_voyage"] == "2538E" and shekou.sailings == ["2538E"]
+    assert shekou.fields["delay_reason_code"] == "ZZZ" and shekou.fields["delay_reason"] is None
+    assert shekou.event == "Vessel arrival (estimated)"
+
+
+def test_re_reading_an_unchanged_schedule_gives_the_same_versions(feed_file):
+    data = feed_file("handmade/dcsa-ovs-delayed-call.json")
+    first, again = dcsa.parse(data), dcsa.parse(data)
+    assert [o.version for o in first] == [o.version for o in again]
+    changed = dcsa.parse(data.replace(b"2025-09-24T19:30:00+08:00", b"2025-09-24T21:00:00+08:00"))
+    assert changed[0].external_id == first[0].external_id and changed[0].version != first[0].version
+    assert changed[1].version == first[1].version
+
+
+def test_track_and_trace_keeps_transport_events_only(feed_file):
+    notes: list[str] = []
+    events = dcsa.parse(feed_file("dcsa/tnt-220-response.json"), notes=notes)
+    assert len(events) == 2
+    arrival = events[0]
+    assert arrival.event == "Vessel arrival (actual)"
+    assert arrival.external_id == "3cecb101-7a1a-43a4-9d62-e88a131651e2"
+    assert arrival.version == "2021-01-23T12:34:56+00:00"
+    assert arrival.onset == datetime(2021, 1, 9, 13, 12, 56, tzinfo=UTC)
+    assert arrival.fields["actual_arrival"] == "2021-01-09T13:12:56+00:00"
+    assert arrival.ports == ["FRPAR"] and arrival.routes == ["FE1"]
+    assert arrival.fields["vessel_imo"] == "9321483" and arrival.fields["carrier_voyage"] == "2103N/2103S"
+    assert arrival.fields["delay_reason_code"] == "WEA" and arrival.fields["change_remark"] == "Bad weather"
+    assert notes == ["2 EQUIPMENT events left out: not relevant to sailings",
+                     "3 SHIPMENT events left out: not relevant to sailings"]
+
+
+def test_the_embedded_smdg_table_matches_the_published_code_list(feed_file):
+    rows = csv.DictReader(io.StringIO(feed_file("smdg/smdgdelayreasoncodes.csv").decode()))
+    assert dcsa.SMDG_DELAY_REASONS == {r["delay_reason_code"]: r["delay_reason_description"] for r in rows}
+
+
+def test_code_lists_are_not_feeds(feed_file):
+    with pytest.raises(FeedParseError, match="not valid JSON"):
+        dcsa.parse(feed_file("dcsa/portcallstatuscodes-v300.csv"))
+
+
+def _call(**changes) -> bytes:
+    call = {"transportCallReference": "X-1", "location": {"UNLocationCode": "HKHKG"},
+            "timestamps": [{"eventTypeCode": "ARRI", "eventClassifierCode": "PLN",
+                            "eventDateTime": "2025-01-01T00:00:00Z"}]}
+    call.update(changes)
+    return json.dumps([{"carrierServiceCode": "S", "vesselSchedules": [{"transportCalls": [call]}]}]).encode()
+
+
+@pytest.mark.parametrize("data, reason", [
+    (_call(location={"UNLocationCode": "Hong Kong"}), "is not a UN/LOCODE"),
+    (_call(timestamps=[{"eventTypeCode": "ARRI", "eventDateTime": "2025-01-01T08:00:00"}]), "has no UTC offset"),
+    (_call(timestamps=[{"eventTypeCode": "ARRI"}]), "has no eventDateTime"),
+    (_call(timestamps={"ARRI": "x"}), "timestamps should be a JSON list"),
+    (_call(statusCode=["OMIT"]), "statusCode should be text"),
+    (b'[{"eventType": "TRANSPORT", "eventDateTime": "2025-01-01T00:00:00Z"}]', "has no eventID"),
+    (b'[{"eventType": "TRANSPORT", "eventID": "e", "eventDateTime": "2025-01-01T00:00:00Z", '
+     b'"transportCall": "HKHKG"}]', "transportCall should be a JSON object"),
+    (b'[{"carrier": "x"}]', "neither an OVS service"),
+    (b'["x"]', "is not a JSON object"),
+    (b'"schedule"', "must be a JSON list"),
+])
+def test_malformed_dcsa_records_are_refused_with_the_reason(data, reason):
+    with pytest.raises(FeedParseError, match=re.escape(reason)):
+        dcsa.parse(data)
