@@ -4,8 +4,9 @@ Trip updates name GTFS trips and stops, not ports: `sailings` holds the trip id 
 ids; matching them to our sailings and ports is done later, against the imported static GTFS. Vehicle positions
 and the other entity types say nothing about disruptions and are left out (a note counts them).
 
-Every entity's version is the feed header's timestamp, so `feed_timestamp` is also what the watcher compares to
-notice a feed whose clock goes backwards. The text format (`.asciipb`) is accepted for the specification's own
+An entity's version is a digest of its content (its own `timestamp` left out): a producer re-publishes the whole
+feed every few seconds with a new header time, and an unchanged trip must be a no-op, not a new feed item.
+`feed_timestamp` is what the watcher compares to notice a feed whose clock goes backwards. The text format (`.asciipb`) is accepted for the specification's own
 examples and for hand-written test feeds.
 """
 
@@ -123,10 +124,12 @@ def _posix_time(seconds: int, what: str) -> datetime:
 
 
 def _version(entity: gtfs.FeedEntity, feed_time: datetime | None) -> str:
-    # Without a header timestamp the entity's own bytes are the only thing that changes when it is re-issued.
-    if feed_time is not None:
-        return feed_time.isoformat()
-    return "sha256:" + hashlib.sha256(entity.SerializeToString(deterministic=True)).hexdigest()[:16]
+    # The measurement time changes on every publication even when nothing else does; it is not part of the news.
+    content = gtfs.FeedEntity()
+    content.CopyFrom(entity)
+    if content.HasField("trip_update"):
+        content.trip_update.ClearField("timestamp")
+    return "sha256:" + hashlib.sha256(content.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 def _entity_type(entity: gtfs.FeedEntity) -> str:
