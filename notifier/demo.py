@@ -177,7 +177,7 @@ def _cargo_sailings(session: Session, ports: dict[str, Port], epoch: datetime) -
 
 def _insert_sailings(session: Session, rows: list[dict], kind: str, classes: dict[str, int],
                      fares: dict[str, tuple[Decimal, str]]) -> list[_SailingSlot]:
-    session.execute(insert(Sailing), rows)
+    session.execute(insert(Sailing.__table__), rows)
     codes = [row["code"] for row in rows]
     ids = dict(session.execute(select(Sailing.code, Sailing.id).where(Sailing.code.in_(codes))).all())
     return [_SailingSlot(ids[row["code"]], kind, row["scheduled_departure"], dict(classes), fares)
@@ -197,13 +197,13 @@ def _bookings(session: Session, slots: list[_SailingSlot], count: int, rng: rand
             continue
         customers.append(customer)
         bookings.append(booking)
-    session.execute(insert(Customer), customers)
+    session.execute(insert(Customer.__table__), customers)
     ids = dict(session.execute(select(Customer.ref, Customer.id)).all())
     rows = []
     for booking in bookings:
         booking["customer_id"] = ids[booking.pop("customer_ref")]
         rows.append(BOOKING_DEFAULTS | booking)  # executemany wants the same columns in every row
-    session.execute(insert(Booking), rows)
+    session.execute(insert(Booking.__table__), rows)
     for slot in slots:
         for space_class, capacity in slot.classes.items():
             session.add(SailingCapacity(sailing_id=slot.id, space_class=space_class, capacity=capacity,
