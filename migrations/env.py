@@ -8,6 +8,12 @@ from notifier.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# Tables other libraries own in the same database (APScheduler's job store), which Alembic must leave alone.
+FOREIGN_TABLES = {"apscheduler_jobs"}
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ANN001
+    return not (type_ == "table" and name in FOREIGN_TABLES)
 
 
 def run_migrations_offline() -> None:
@@ -30,7 +36,8 @@ def run_migrations_online() -> None:
 
 def _run(connection) -> None:  # noqa: ANN001
     # render_as_batch lets later migrations ALTER tables on SQLite too.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      include_object=include_object)
     with context.begin_transaction():
         context.run_migrations()
 
