@@ -1,4 +1,4 @@
-"""Channels: the only code that talks to providers. `channel_for(settings)` picks real or file channels."""
+"""Channels: the only code that talks to providers. `channels_for(settings)` picks real or file channels."""
 
 from __future__ import annotations
 

@@ -1,10 +1,15 @@
 """The channel contract (after Alertmanager's notifiers and Apprise's plugins): `send` returns an outcome that
-says sent, retry, or give up; each channel declares its limits on the class."""
+says sent, retry, give up, or "the provider may have it" (look before resending); each channel declares its
+limits on the class: what the provider counts (`rate_unit`), which setting holds the rate, and the longest body.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar, Protocol
+
+from ..messages import sms_segments
 
 
 @dataclass(frozen=True)
@@ -21,13 +26,16 @@ class Message:
     message_id: str | None = None  # email Message-ID, stable across retries of the same notification
     unsubscribe_url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    status_callback: str | None = None  # where the provider reports delivery (Twilio StatusCallback)
+    validity_seconds: int | None = None  # drop the message at the provider after this long (Twilio ValidityPeriod)
+    created_at: datetime | None = None  # when the notice was planned: no provider copy can be older
 
 
 @dataclass(frozen=True)
 class SendResult:
-    """The outcome of one send: exactly one of sent / retryable / permanent failure."""
+    """The outcome of one send: sent, retry (not sent, try later), failed (never retry), or uncertain."""
 
-    status: str  # sent | retry | failed
+    status: str  # sent | retry | failed | uncertain
     provider_id: str | None = None
     retry_after: float | None = None  # seconds, the provider's hint (Retry-After) when it gave one
     code: str | None = None  # provider error code (Twilio 21211, SMTP 550 ...)
@@ -35,20 +43,29 @@ class SendResult:
 
     @classmethod
     def sent(cls, provider_id: str) -> SendResult:
+        """The provider accepted the message."""
         return cls("sent", provider_id=provider_id)
 
     @classmethod
     def retry(cls, code: str | None, reason: str, retry_after: float | None = None) -> SendResult:
+        """The provider did not take the message this time; trying again later may succeed."""
         return cls("retry", code=code, reason=reason, retry_after=retry_after)
 
     @classmethod
     def failed(cls, code: str | None, reason: str) -> SendResult:
+        """The provider refused the message for good (bad number, opted out, mailbox does not exist)."""
         return cls("failed", code=code, reason=reason)
+
+    @classmethod
+    def uncertain(cls, code: str | None, reason: str, retry_after: float | None = None) -> SendResult:
+        """The answer was lost (timeout, dropped connection, 5xx): the provider may have the message, so the
+        dispatcher reconciles with `lookup` before any resend."""
+        return cls("uncertain", code=code, reason=reason, retry_after=retry_after)
 
     @property
     def retryable(self) -> bool:
         """True when trying again later may succeed."""
-        return self.status == "retry"
+        return self.status in ("retry", "uncertain")
 
 
 class Channel(Protocol):
@@ -57,9 +74,25 @@ class Channel(Protocol):
     kind: ClassVar[str]  # "sms" | "email"
     name: ClassVar[str]  # "twilio", "smtp", "file"
     max_length: ClassVar[int]  # characters of body text the provider accepts
+    rate_unit: ClassVar[str]  # what the provider's rate counts: "segment" (SMS parts) or "message"
+    rate_setting: ClassVar[str | None]  # the Settings field with the default rate per second; None: unlimited
+    reconciles: ClassVar[bool]  # True when `lookup` can really ask the provider (an SMTP relay cannot)
+    sender: str  # what the rate applies to: a From number, a Messaging Service SID, an SMTP relay host:port
+    rate_per_second: float | None  # this instance's rate (per-sender override or the default); None: unlimited
 
     def send(self, message: Message) -> SendResult:
         """Hand one message to the provider; never raises for provider errors."""
 
+    def lookup(self, message: Message) -> list[str]:
+        """Provider ids of copies of this message the provider already has (crash reconciliation), newest first.
+        Raises when the provider cannot be asked; an empty list means "not there"."""
+
     def close(self) -> None:
         """Release connections."""
+
+
+def cost(channel: Channel, message: Message) -> int:
+    """What one message uses of its sender's rate: SMS segments (as Twilio bills them) or one message."""
+    if channel.rate_unit == "segment":
+        return max(1, message.segments or sms_segments(message.body_text))
+    return 1

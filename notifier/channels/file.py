@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import os
 import threading
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 
 from ..models import utcnow
 from .base import Message, SendResult
+
+# Python folds a header longer than 78 characters by breaking right after "Subject:", which some readers show
+# as a subject starting with a space; RFC 5322 allows lines up to 998 characters.
+EMAIL_POLICY = policy.default.clone(max_line_length=998)
 
 
 class FileSmsChannel:
@@ -20,6 +25,11 @@ class FileSmsChannel:
     kind = "sms"
     name = "file"
     max_length = 1600
+    rate_unit = "segment"
+    rate_setting = None
+    reconciles = True
+    sender = "file"
+    rate_per_second = None
 
     def __init__(self, outbox_dir: str | os.PathLike[str]) -> None:
         self.path = Path(outbox_dir) / "sms.jsonl"
@@ -40,14 +50,14 @@ class FileSmsChannel:
             return SendResult.retry("file", f"cannot write the SMS outbox: {exc.strerror}")
         return SendResult.sent(f"file-sms-{message.notification_id}")
 
-    def lookup(self, message: Message) -> str | None:
-        """The provider id if this notification's line is already in the outbox (crash reconciliation)."""
+    def lookup(self, message: Message) -> list[str]:
+        """This notification's provider id if its line is already in the outbox (crash reconciliation)."""
         wanted = f'"id": "file-sms-{message.notification_id}"'
         try:
             with open(self.path, encoding="utf-8") as handle:
-                return next((f"file-sms-{message.notification_id}" for line in handle if wanted in line), None)
+                return [f"file-sms-{message.notification_id}"] if any(wanted in line for line in handle) else []
         except FileNotFoundError:
-            return None
+            return []
 
     def close(self) -> None:
         """Nothing to release."""
@@ -59,6 +69,11 @@ class FileEmailChannel:
     kind = "email"
     name = "file"
     max_length = 1_000_000
+    rate_unit = "message"
+    rate_setting = None
+    reconciles = True
+    sender = "file"
+    rate_per_second = None
 
     def __init__(self, outbox_dir: str | os.PathLike[str], sender: str) -> None:
         self.folder = Path(outbox_dir) / "email"
@@ -78,10 +93,10 @@ class FileEmailChannel:
             return SendResult.retry("file", f"cannot write the email outbox: {exc.strerror}")
         return SendResult.sent(f"file-email-{message.notification_id}")
 
-    def lookup(self, message: Message) -> str | None:
-        """The provider id if this notification's .eml was already written (crash reconciliation)."""
+    def lookup(self, message: Message) -> list[str]:
+        """This notification's provider id if its .eml was already written (crash reconciliation)."""
         target = self.folder / f"{message.notification_id}.eml"
-        return f"file-email-{message.notification_id}" if target.is_file() else None
+        return [f"file-email-{message.notification_id}"] if target.is_file() else []
 
     def close(self) -> None:
         """Nothing to release."""
@@ -89,7 +104,7 @@ class FileEmailChannel:
 
 def build_email(message: Message, sender: str) -> EmailMessage:
     """A multipart text + HTML email with Message-ID and List-Unsubscribe headers."""
-    email = EmailMessage()
+    email = EmailMessage(policy=EMAIL_POLICY)
     email["From"] = sender
     email["To"] = message.recipient
     email["Subject"] = message.subject or ""
@@ -98,7 +113,9 @@ def build_email(message: Message, sender: str) -> EmailMessage:
         email["Message-ID"] = message.message_id
     if message.unsubscribe_url:
         email["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
-        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        if message.unsubscribe_url.startswith("https://"):
+            # RFC 8058 one-click: only meaningful with an HTTPS address that takes the POST.
+            email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     for name, value in message.headers.items():
         email[name] = value
     email.set_content(message.body_text)

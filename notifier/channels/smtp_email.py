@@ -1,0 +1,123 @@
+"""Email through an SMTP relay with smtplib: one connection, reused across messages and reopened when the relay
+drops it; SSL or STARTTLS and login as configured; multipart text + HTML with Message-ID and List-Unsubscribe
+(`build_email`, shared with the file channel).
+
+A 4xx answer (greylisting, mailbox busy, relay overloaded) is retried later; a 5xx answer (no such mailbox,
+relay refuses) is permanent, except the relay's "STARTTLS / login required" (530, 534, 535, 538), which is about
+our configuration, not the recipient, and is retried. A relay cannot be asked whether it took a message, so `lookup` knows nothing: after
+a crash the dispatcher applies Settings.email_reconcile (resend with the same Message-ID, by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import ssl
+import threading
+
+from ..config import Settings
+from ..ratelimit import rate_for
+from .base import Message, SendResult
+from .file import build_email
+
+RELAY_SETUP_CODES = {530, 534, 535, 538}  # RFC 4954 / 3207: authentication or encryption required
+
+
+class SmtpEmailChannel:
+    """Email through one SMTP relay; the rate applies per relay."""
+
+    kind = "email"
+    name = "smtp"
+    max_length = 1_000_000
+    rate_unit = "message"
+    rate_setting = "emails_per_second"
+    reconciles = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.host, self.port = settings.smtp_host, settings.smtp_port
+        self.user, self.password = settings.smtp_user, settings.smtp_password
+        self.use_ssl, self.starttls = settings.smtp_ssl, settings.smtp_starttls
+        self.from_address = settings.smtp_from
+        self.timeout = settings.provider_timeout_seconds
+        self.sender = f"{self.host}:{self.port}"
+        self.rate_per_second = rate_for(settings, self.rate_setting, self.sender)
+        self._connection: smtplib.SMTP | None = None
+        self._lock = threading.Lock()  # one connection: one conversation at a time
+
+    def send(self, message: Message) -> SendResult:
+        """Hand the email to the relay; a connection the relay closed is reopened once."""
+        email = build_email(message, self.from_address)
+        with self._lock:
+            for attempt in (1, 2):
+                reused = self._connection is not None
+                try:
+                    connection = self._connection or self._connect()
+                    self._connection = connection
+                    connection.send_message(email, from_addr=self.from_address, to_addrs=[message.recipient])
+                    return SendResult.sent(message.message_id or f"smtp-{message.notification_id}")
+                except smtplib.SMTPRecipientsRefused as exc:
+                    code, reply = next(iter(exc.recipients.values()))
+                    return _by_code(code, reply)
+                except smtplib.SMTPResponseException as exc:
+                    if isinstance(exc, smtplib.SMTPAuthenticationError):
+                        self._drop()
+                        return SendResult.retry(str(exc.smtp_code), "the SMTP relay refused our login "
+                                                "(check NOTIFIER_SMTP_USER / NOTIFIER_SMTP_PASSWORD)")
+                    return _by_code(exc.smtp_code, exc.smtp_error)
+                except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                    self._drop()
+                    if reused and attempt == 1:
+                        continue  # the relay closed an idle connection: open a new one and try again
+                    return SendResult.retry("connection", f"the SMTP relay closed the connection ({exc})")
+                except (OSError, smtplib.SMTPException) as exc:
+                    self._drop()
+                    return SendResult.retry("connection", f"cannot talk to the SMTP relay {self.sender}: "
+                                            f"{type(exc).__name__}: {exc}")
+        return SendResult.retry("connection", "the SMTP relay closed the connection twice")
+
+    def lookup(self, message: Message) -> list[str]:
+        """A relay cannot be asked what it accepted: always empty (see Settings.email_reconcile)."""
+        return []
+
+    def close(self) -> None:
+        """Say QUIT to the relay."""
+        with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(OSError, smtplib.SMTPException):  # a relay already gone needs no QUIT
+                    self._connection.quit()
+                self._connection = None
+
+    def _connect(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        if self.use_ssl:
+            connection: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            connection.ehlo()
+            if self.starttls and not self.use_ssl:
+                connection.starttls(context=context)
+                connection.ehlo()
+            if self.user:
+                connection.login(self.user, self.password)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(OSError):  # closing a dead socket
+                self._connection.close()
+            self._connection = None
+
+
+def _by_code(code: int, reply: bytes | str) -> SendResult:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    reason = f"SMTP {code}: {text}"
+    if 400 <= code < 500:
+        return SendResult.retry(str(code), reason)
+    if code in RELAY_SETUP_CODES:
+        # About our connection (STARTTLS or login required), not the recipient: fixable, so not the end.
+        return SendResult.retry(str(code), f"{reason} (check the SMTP settings: smtp_starttls, smtp_user)")
+    return SendResult.failed(str(code), reason)
