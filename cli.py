@@ -1,8 +1,20 @@
 """The `notifier` command line. Thin on purpose: parse arguments, call notifier.*, print.
 
 A user error (bad file, unknown sailing, missing template value ...) prints one line on stderr and exits
-non-zero; it never shows a traceback. Exit codes: 1 general, 2 bad input, 3 template, 4 approval needed,
-70 internal error (set NOTIFIER_DEBUG=1 to see its traceback).
+non-zero; it never shows a traceback, and a command that fails writes nothing. Exit codes:
+
+  0   done
+  1   general: nothing to send (no bookings, nobody reachable, everyone already told), a broadcast in the
+      wrong state for the action (cancel a finished one, pause one that is not sending), a feed poll failed
+  2   bad input: unknown sailing / route / port / vessel / disruption / broadcast / booking, a bad option or
+      time, a bad feed file or rule file, no --operator
+  3   template: unknown template, a template missing or lacking a value (nothing is planned)
+  4   approval needed: sending a broadcast that awaits a second operator's approval, or approving one's own
+  70  internal error (set NOTIFIER_DEBUG=1 to see its traceback)
+  130 interrupted (Ctrl-C)
+
+Times given on the command line (`--from`, `--to`) are ISO 8601; without an offset they are the local time of
+the port (`--port`) or of the route's departure port (`--route`), UTC for `--vessel`.
 """
 
 from __future__ import annotations
@@ -35,6 +47,10 @@ def friendly_errors(command):  # noqa: ANN001, ANN201
         except KeyboardInterrupt:
             click.echo("notifier: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # The reader (e.g. `| head`) went away: stop quietly, as Unix tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence for a duty officer's terminal
@@ -143,23 +159,64 @@ def feeds() -> None:
 
 
 @feeds.command("inspect")
-@click.argument("path")
-@click.option("--format", "feed_format", default=None, help="cap (default: sniffed from the content).")
+@click.argument("path_or_url")
+@click.option("--format", "feed_format", default="auto", show_default=True,
+              type=click.Choice(["auto", "cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status"]),
+              help="The feed's format; auto sniffs it from the content.")
+@click.option("--source", default="", help="Name to record as the source when the feed does not say.")
 @friendly_errors
-def feeds_inspect(path: str, feed_format: str | None) -> None:
-    """Print the normalised observations of a feed file as JSON lines."""
-    from notifier.feeds import FeedParseError, cap
+def feeds_inspect(path_or_url: str, feed_format: str, source: str) -> None:
+    """Print the normalised observations of a feed file or URL as JSON lines (notes go to stderr)."""
+    from notifier.feeds import FeedParseError
+    from notifier.feeds.fetch import fetch
+    from notifier.feeds.sniff import parse_any
 
+    result = fetch(path_or_url)
+    notes: list[str] = []
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise FeedParseError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        observations = cap.parse(data, source=path)
+        _, observations = parse_any(result.body or b"", format=feed_format, source=source,
+                                    filename=path_or_url, notes=notes)
     except FeedParseError as exc:
-        raise FeedParseError(f"{path}: {exc}") from None
+        raise FeedParseError(f"{path_or_url}: {exc}") from None
     for observation in observations:
         click.echo(json.dumps(observation.to_json(), ensure_ascii=False, sort_keys=True))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@main.group("import")
+def import_group() -> None:
+    """Load schedules from other systems."""
+
+
+@import_group.command("gtfs")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--today", default=None, help="First service day (YYYY-MM-DD; default today in the agency's zone).")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1, 366), help="Service days to load.")
+@click.option("--country", default=None, help="ISO country for the ports (default: from the agency time zone).")
+@click.option("--locode", "locodes", multiple=True, metavar="STOP=LOCODE", help="UN/LOCODE of a GTFS stop.")
+@click.pass_context
+@friendly_errors
+def import_gtfs_command(ctx: click.Context, path: str, today: str | None, days: int, country: str | None,
+                        locodes: tuple[str, ...]) -> None:
+    """Load a static GTFS ferry schedule (zip or folder) as ports, routes and sailings."""
+    from datetime import date
+
+    from notifier import UsageError
+    from notifier.db import make_engine, require_schema, session_factory, transaction
+    from notifier.gtfs_import import import_gtfs
+
+    try:
+        first_day = date.fromisoformat(today) if today else None
+        mapping = dict(item.split("=", 1) for item in locodes)
+    except ValueError:
+        raise UsageError("--today must be YYYY-MM-DD and --locode STOP=LOCODE") from None
+    settings = settings_from(ctx)
+    engine = make_engine(settings.database_url)
+    require_schema(engine)
+    with transaction(session_factory(engine)) as session:
+        counts = import_gtfs(session, path, today=first_day, days=days, country=country, locodes=mapping)
+    click.echo(", ".join(f"{name.replace('_', ' ')}: {count}" for name, count in counts.items()))
 
 
 # --- rules ----------------------------------------------------------------------------------------------------------
@@ -175,13 +232,39 @@ def rules() -> None:
 def rules_check(ctx: click.Context) -> None:
     """Validate every rule file; print the rules loaded."""
     from notifier.paths import rules_dir
-    from notifier.rules import load_rules
+    from notifier.rules import load_rule_set
 
     settings = settings_from(ctx)
-    loaded = load_rules([rules_dir(), *map(Path, settings.rules_dirs)])
-    for rule in loaded:
-        click.echo(f"ok  {rule.id:32} {Path(rule.file).name}")
-    click.echo(f"{len(loaded)} rule(s) valid")
+    loaded = load_rule_set([rules_dir(), *map(Path, settings.rules_dirs)])
+    for rule in loaded.rules:
+        cites = f"  [{rule.verification}] {rule.citation}" if rule.citation else ""
+        click.echo(f"ok  {rule.id:28} {Path(rule.file).name:22} {rule.then.kind:12}{cites}")
+    for policy in loaded.policies.values():
+        click.echo(f"ok  policy {policy.id:21} {Path(policy.file).name:22} [{policy.verification}] {policy.citation}")
+    for note in loaded.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"{len(loaded.rules)} rule(s) and {len(loaded.policies)} policy(ies) valid")
+
+
+@rules.command("test")
+@click.argument("feed_file")
+@click.option("--at", "at", default=None, help="Evaluate as if it were this moment (ISO 8601 with offset); "
+              "default now. Sailings that left more than 6 h before it are not considered.")
+@click.option("--db", "db_path", default=None, help="SQLite file to read sailings and bookings from (e.g. the "
+              "demo's notifier.db); default: the configured database.")
+@click.option("--format", "feed_format", default=None,
+              help="cap, atom, nws, gtfs_rt, dcsa or port_status (default: sniffed from the content).")
+@click.pass_context
+@friendly_errors
+def rules_test(ctx: click.Context, feed_file: str, at: str | None, db_path: str | None,
+               feed_format: str | None) -> None:
+    """Show, changing nothing, what the rules make of a feed file: each observation, the rules it matched and
+    why (or why not), the sailings, bookings and recipients it would reach, and the entitlements offered."""
+    from notifier.pipeline import try_feed_file
+
+    settings = settings_from(ctx, database_url=f"sqlite:///{db_path}" if db_path else None)
+    for line in try_feed_file(settings, feed_file, at, feed_format):
+        click.echo(line)
 
 
 # --- dispatch -------------------------------------------------------------------------------------------------------
@@ -191,18 +274,521 @@ def rules_check(ctx: click.Context) -> None:
 @click.pass_context
 @friendly_errors
 def dispatch(ctx: click.Context, once: bool) -> None:
-    """Send queued notifications through the configured channels."""
-    from notifier.channels import channels_for
+    """Send queued notifications through the configured channels; without --once, keep sending until stopped
+    (SIGTERM / Ctrl-C finishes the messages in flight; a second one stops at once)."""
+    from notifier.dispatch import serve
+
+    def announce(channel_names: dict[str, str]) -> None:
+        if not once:
+            names = ", ".join(f"{kind} via {name}" for kind, name in sorted(channel_names.items()))
+            click.echo(f"dispatching ({names}); stop with Ctrl-C or SIGTERM", err=True)
+
+    stats = serve(settings_from(ctx), once, announce)
+    click.echo(stats.summary())
+
+
+# --- choice page and responses --------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.pass_context
+@friendly_errors
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the customers' choice pages and the Twilio webhooks (put a TLS proxy in front)."""
+    from werkzeug.serving import make_server
+
+    from notifier.web import create_app
+
+    app = create_app(settings_from(ctx))
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as exc:
+        raise NotifierError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    click.echo(f"serving choice pages on http://{host}:{server.port}/c/<token> (Ctrl+C stops)")
+    server.serve_forever()
+
+
+@main.group()
+def responses() -> None:
+    """Customers' choices."""
+
+
+@responses.command("export")
+@click.option("--csv", "as_csv", is_flag=True, required=True, help="Write CSV (the one format there is).")
+@click.argument("file", required=False, default="-")
+@click.pass_context
+@friendly_errors
+def responses_export(ctx: click.Context, as_csv: bool, file: str) -> None:
+    """Export every recorded choice (rebooking, refund, default) for the reservation and finance systems."""
     from notifier.db import make_engine, require_schema, session_factory
-    from notifier.dispatch import dispatch_all
+    from notifier.responses import export_csv
 
     settings = settings_from(ctx)
     engine = make_engine(settings.database_url)
     require_schema(engine)
-    channels = channels_for(settings)
-    stats = dispatch_all(session_factory(engine), settings, channels)
-    click.echo(f"sent {stats.sent}, failed {stats.failed}, retry later {stats.retried}, "
-               f"reconciled {stats.reconciled}")
+    with session_factory(engine)() as session:
+        if file == "-":
+            count = export_csv(session, sys.stdout)
+        else:
+            try:
+                with open(file, "w", encoding="utf-8", newline="") as out:
+                    count = export_csv(session, out)
+            except OSError as exc:
+                raise NotifierError(f"{file}: cannot write ({exc.strerror})") from None
+    click.echo(f"exported {count} choice(s)", err=True)
+
+
+# --- the duty officer's console: broadcasts ---------------------------------------------------------------------------
+
+def open_database(settings):  # noqa: ANN001, ANN201
+    """A session factory on the configured, migrated database."""
+    from notifier.db import make_engine, require_schema, session_factory
+
+    engine = make_engine(settings.database_url)
+    require_schema(engine)
+    return session_factory(engine)
+
+
+def confirmed(question: str, yes: bool) -> bool:
+    """--yes answers for the user; otherwise ask (no answer, e.g. no terminal, is no)."""
+    if yes:
+        return True
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        click.echo("")
+        return False
+
+
+def echo_lines(lines: list[str]) -> None:
+    """Print console lines."""
+    for line in lines:
+        click.echo(line)
+
+
+operator_option = click.option("--operator", envvar="NOTIFIER_OPERATOR", default=None,
+                               help="Who is acting (recorded in the audit log); default $NOTIFIER_OPERATOR.")
+
+
+@main.group()
+def broadcast() -> None:
+    """Targeted broadcasts: create, preview, approve, send, follow, pause, resume, cancel, correct."""
+
+
+@broadcast.command("create")
+@click.option("--sailing", "sailings", multiple=True, metavar="CODE", help="A sailing code (repeatable).")
+@click.option("--route", metavar="CODE", help="Every sailing of a route departing between --from and --to.")
+@click.option("--port", metavar="LOCODE", help="Every sailing departing or arriving at a port between --from and --to.")
+@click.option("--vessel", metavar="IMO", help="A vessel's sailings: with --voyage V, or between --from and --to.")
+@click.option("--voyage", metavar="V", help="Voyage number (with --vessel).")
+@click.option("--disruption", "disruptions", multiple=True, type=int, metavar="ID",
+              help="An existing disruption (repeatable).")
+@click.option("--from", "start", metavar="TIME",
+              help="ISO 8601; without an offset it is the port's local time (for --route: its departure port).")
+@click.option("--to", "end", metavar="TIME", help="ISO 8601, as --from.")
+@click.option("--kind", type=click.Choice(["cancelled", "delayed", "advisory", "resumed"]), default=None,
+              help="What the customers are told (default with --disruption: the disruption's kind).")
+@click.option("--delay-minutes", type=click.IntRange(1, 7 * 24 * 60), default=None, help="For --kind delayed.")
+@click.option("--reason", default=None, help="Free text for the customers (needs a second operator's approval).")
+@click.option("--cause", type=click.Choice(["weather", "port_closure", "strike", "technical", "schedule",
+                                            "operations"]), default="operations", show_default=True,
+              help="The cause named in the notice.")
+@click.option("--template", default=None, help="Template name (default: the kind's own, else 'notice').")
+@click.option("--channels", default="sms,email", show_default=True, help="sms, email or sms,email.")
+@click.option("--audience", type=click.Choice(["passengers", "shippers", "all"]), default="all", show_default=True)
+@operator_option
+@click.option("--yes", is_flag=True, help="Do not ask before sending (never skips approval).")
+@click.pass_context
+@friendly_errors
+def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str | None, port: str | None,
+                     vessel: str | None, voyage: str | None, disruptions: tuple[int, ...], start: str | None,
+                     end: str | None, kind: str | None, delay_minutes: int | None, reason: str | None, cause: str,
+                     template: str | None, channels: str, audience: str, operator: str | None, yes: bool) -> None:
+    """Plan a broadcast on hold and print its preview; nothing is sent until it is approved (when needed) and sent."""
+    from notifier import broadcasts
+    from notifier.console import preview_lines
+
+    settings = settings_from(ctx)
+    request = broadcasts.BroadcastRequest(
+        operator=operator or settings.operator, kind=kind, sailings=sailings, route=route, port=port, vessel=vessel,
+        voyage=voyage, disruption_ids=disruptions, start=start, end=end, delay_minutes=delay_minutes,
+        reason=reason, template=template, audience=audience, cause=cause,
+        channels=tuple(c.strip() for c in channels.split(",") if c.strip()))
+    factory = open_database(settings)
+    broadcast_id = broadcasts.create_manual(factory, request, settings)
+    preview = broadcasts.preview(factory, broadcast_id, settings)
+    echo_lines(preview_lines(preview, settings))
+    if preview.broadcast.status == "awaiting_approval":
+        click.echo(f"Broadcast #{broadcast_id} is held until approved; nothing has been sent.")
+        return
+    send_now = confirmed(f"Send broadcast #{broadcast_id} ({preview.broadcast.recipient_count} messages) now?", yes)
+    if not send_now:
+        click.echo(f"Broadcast #{broadcast_id} is held; nothing has been sent. Send it with: "
+                   f"notifier broadcast send {broadcast_id}")
+        return
+    released = broadcasts.send(factory, broadcast_id, request.operator)
+    click.echo(f"Broadcast #{broadcast_id}: {released} messages released to the dispatcher.")
+
+
+@broadcast.command("preview")
+@click.argument("broadcast_id", type=int)
+@click.option("--all", "show_all", is_flag=True, help="List every booking without a usable contact.")
+@click.pass_context
+@friendly_errors
+def broadcast_preview(ctx: click.Context, broadcast_id: int, show_all: bool) -> None:
+    """Show again what a broadcast sends: recipients, cost, time, samples, offers, approval."""
+    from notifier import broadcasts
+    from notifier.console import preview_lines
+
+    settings = settings_from(ctx)
+    preview = broadcasts.preview(open_database(settings), broadcast_id, settings)
+    echo_lines(preview_lines(preview, settings, None if show_all else 15))
+
+
+@broadcast.command("approve")
+@click.argument("broadcast_id", type=int)
+@operator_option
+@click.pass_context
+@friendly_errors
+def broadcast_approve(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
+    """Approve a broadcast (as an operator other than its creator)."""
+    from notifier import broadcasts
+
+    settings = settings_from(ctx)
+    operator = operator or settings.operator
+    broadcasts.approve(open_database(settings), broadcast_id, operator)
+    click.echo(f"Broadcast #{broadcast_id} approved by {operator}. Send it with: "
+               f"notifier broadcast send {broadcast_id}")
+
+
+def dispatch_in_process(factory, settings):  # noqa: ANN001, ANN201
+    """A function that runs the dispatcher until its stop event is set (for `send --wait`)."""
+    import threading
+
+    def run(stop: threading.Event) -> None:
+        from notifier.channels import channels_for
+        from notifier.dispatch import Dispatcher
+
+        channels = channels_for(settings)
+        dispatcher = Dispatcher(factory, settings, channels)
+        threading.Thread(target=lambda: (stop.wait(), dispatcher.request_stop()), daemon=True).start()
+        try:
+            while not stop.is_set():
+                dispatcher.run(drain=True)
+                stop.wait(max(settings.dispatch_poll_seconds, 0.2))
+        finally:
+            dispatcher.close()
+            for channel in channels.values():
+                channel.close()
+
+    return run
+
+
+@broadcast.command("send")
+@click.argument("broadcast_id", type=int)
+@operator_option
+@click.option("--wait", is_flag=True, help="Send from this process and show progress until done.")
+@click.option("--yes", is_flag=True, help="Do not ask first (never skips approval).")
+@click.pass_context
+@friendly_errors
+def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, wait: bool, yes: bool) -> None:
+    """Release an approved broadcast to the dispatcher (exit 4 while it still needs approval)."""
+    from notifier import broadcasts
+    from notifier.console import follow, progress_line
+
+    settings = settings_from(ctx)
+    operator = broadcasts.require_operator(operator or settings.operator)
+    factory = open_database(settings)
+    preview = broadcasts.preview(factory, broadcast_id, settings)
+    if preview.broadcast.status == "approved" and not confirmed(
+            f"Send broadcast #{broadcast_id}: {preview.broadcast.recipient_count} messages, "
+            f"{preview.sms_segments} SMS segments (about {settings.sms_price_currency} {preview.sms_cost})?", yes):
+        click.echo(f"Not sent. Broadcast #{broadcast_id} stays held.")
+        return
+    released = broadcasts.send(factory, broadcast_id, operator)
+    if released:
+        click.echo(f"Broadcast #{broadcast_id}: {released} messages released to the dispatcher.")
+    else:
+        click.echo(f"Broadcast #{broadcast_id} was already released.")
+    if wait:
+        click.echo(progress_line(follow(factory, broadcast_id, settings, dispatch_in_process(factory, settings))))
+    else:
+        click.echo(f"They go out with the running dispatcher (`notifier watch` or `notifier dispatch`). "
+                   f"Follow: notifier broadcast status {broadcast_id} --follow")
+
+
+@broadcast.command("status")
+@click.argument("broadcast_id", type=int)
+@click.option("--follow", is_flag=True, help="Show a live progress bar until done, paused or cancelled.")
+@click.pass_context
+@friendly_errors
+def broadcast_status(ctx: click.Context, broadcast_id: int, follow: bool) -> None:
+    """Sent / delivered / failed / remaining and the current rate."""
+    from notifier import broadcasts, console
+
+    settings = settings_from(ctx)
+    factory = open_database(settings)
+    broadcasts.finish_sent_broadcasts(factory)
+    current = console.follow(factory, broadcast_id, settings) if follow else broadcasts.progress(factory,
+                                                                                                broadcast_id)
+    click.echo(console.progress_line(current))
+
+
+@broadcast.command("pause")
+@click.argument("broadcast_id", type=int)
+@operator_option
+@click.pass_context
+@friendly_errors
+def broadcast_pause(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
+    """Stop sending (within one dispatcher batch); `resume` continues."""
+    from notifier import broadcasts
+    from notifier.console import progress_line
+
+    settings = settings_from(ctx)
+    factory = open_database(settings)
+    broadcasts.pause(factory, broadcast_id, operator or settings.operator)
+    click.echo(f"Broadcast #{broadcast_id} paused; messages already handed to a provider still go out.")
+    click.echo(progress_line(broadcasts.progress(factory, broadcast_id)))
+
+
+@broadcast.command("resume")
+@click.argument("broadcast_id", type=int)
+@operator_option
+@click.pass_context
+@friendly_errors
+def broadcast_resume(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
+    """Continue a paused broadcast."""
+    from notifier import broadcasts
+    from notifier.console import progress_line
+
+    settings = settings_from(ctx)
+    factory = open_database(settings)
+    broadcasts.resume(factory, broadcast_id, operator or settings.operator)
+    click.echo(f"Broadcast #{broadcast_id} resumed.")
+    click.echo(progress_line(broadcasts.progress(factory, broadcast_id)))
+
+
+@broadcast.command("cancel")
+@click.argument("broadcast_id", type=int)
+@operator_option
+@click.pass_context
+@friendly_errors
+def broadcast_cancel(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
+    """Stop a broadcast for good: unsent messages are cancelled (those in flight finish)."""
+    from notifier import broadcasts
+
+    settings = settings_from(ctx)
+    result = broadcasts.cancel(open_database(settings), broadcast_id, operator or settings.operator)
+    click.echo(f"Broadcast #{broadcast_id} cancelled: {result.cancelled} unsent message(s) stopped, "
+               f"{result.told} already sent, {result.holds_released} held place(s) given back"
+               + (f", disruption(s) {', '.join(f'#{d}' for d in result.disruptions_cleared)} cleared (nobody had "
+                  "been told)" if result.disruptions_cleared else "") + ".")
+    if result.told:
+        click.echo(f"To correct what was sent: notifier broadcast correct {broadcast_id} --reason TEXT")
+
+
+@broadcast.command("correct")
+@click.argument("broadcast_id", type=int)
+@click.option("--template", default=None, help="Template name (default 'correction').")
+@click.option("--reason", default=None, help="Free text for the customers (needs a second operator's approval).")
+@operator_option
+@click.pass_context
+@friendly_errors
+def broadcast_correct(ctx: click.Context, broadcast_id: int, template: str | None, reason: str | None,
+                      operator: str | None) -> None:
+    """Plan a correction to everyone a broadcast already told (held, then approve/send as usual)."""
+    from notifier import broadcasts
+    from notifier.console import preview_lines
+
+    settings = settings_from(ctx)
+    factory = open_database(settings)
+    correction_id = broadcasts.correct(factory, broadcast_id, operator or settings.operator, settings, template,
+                                       reason)
+    echo_lines(preview_lines(broadcasts.preview(factory, correction_id, settings), settings))
+    click.echo(f"Correction #{correction_id} is held; send it with: notifier broadcast send {correction_id}")
+
+
+@broadcast.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.pass_context
+@friendly_errors
+def broadcast_list(ctx: click.Context, limit: int) -> None:
+    """The newest broadcasts, with their status and progress."""
+    from notifier import broadcasts
+    from notifier.console import broadcast_list_lines
+
+    echo_lines(broadcast_list_lines(broadcasts.recent_broadcasts(open_database(settings_from(ctx)), limit)))
+
+
+# --- audit, reports, the customer-service desk -----------------------------------------------------------------------
+
+@main.command()
+@click.option("--since", default=None, help="A duration back from now (30m, 2h, 1d) or an ISO 8601 time.")
+@click.option("--actor", default=None, help="Only this operator (or watcher, rules, dispatcher).")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+@friendly_errors
+def audit(ctx: click.Context, since: str | None, actor: str | None, limit: int, as_json: bool) -> None:
+    """Who did what, when: every operator action and automatic decision."""
+    from notifier.console import audit_lines
+    from notifier.reports import audit_trail, parse_since
+
+    entries = audit_trail(open_database(settings_from(ctx)), parse_since(since) if since else None, actor, limit)
+    if as_json:
+        for e in entries:
+            click.echo(json.dumps({"at": e.at.isoformat(), "actor": e.actor, "action": e.action,
+                                   "subject_type": e.subject_type, "subject_id": e.subject_id,
+                                   "details": e.details}, ensure_ascii=False, default=str))
+        return
+    echo_lines(audit_lines(entries))
+
+
+@main.command()
+@click.option("--disruption", "disruption_id", type=int, default=None, help="Only this disruption.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML page with charts to this file.")
+@click.pass_context
+@friendly_errors
+def report(ctx: click.Context, disruption_id: int | None, as_json: bool, html_file: str | None) -> None:
+    """Per disruption: bookings affected, told within 5/15/30 min, delivered, failed, choices, EU 30-min duty."""
+    from notifier.console import report_lines
+    from notifier.reports import build_report, render_html
+
+    figures = build_report(open_database(settings_from(ctx)), disruption_id)
+    if html_file:
+        title = f"Disruption #{disruption_id}" if disruption_id else "Disruption report"
+        try:
+            Path(html_file).write_text(render_html(figures, title), encoding="utf-8")
+        except OSError as exc:
+            raise NotifierError(f"{html_file}: cannot write ({exc.strerror})") from None
+        click.echo(f"wrote {html_file} ({len(figures.disruptions)} disruption(s))")
+    elif as_json:
+        click.echo(json.dumps(figures.to_json(), ensure_ascii=False, indent=2))
+    else:
+        echo_lines(report_lines(figures))
+
+
+@main.group()
+def booking() -> None:
+    """Look up bookings (for the customer-service desk)."""
+
+
+@booking.command("show")
+@click.argument("ref")
+@click.pass_context
+@friendly_errors
+def booking_show(ctx: click.Context, ref: str) -> None:
+    """A booking, its notices with delivery status, its offers and the customer's choice (contacts masked)."""
+    from notifier.console import booking_lines
+    from notifier.reports import booking_card
+
+    echo_lines(booking_lines(booking_card(open_database(settings_from(ctx)), ref)))
+
+
+# --- the watcher, feeds, configuration -------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--status", "show_status", is_flag=True, help="Show the watchers' heartbeats and exit.")
+@click.pass_context
+@friendly_errors
+def watch(ctx: click.Context, show_status: bool) -> None:
+    """Run the daemon: poll feeds, run the pipeline, dispatch, expire holds, apply defaults (SIGTERM stops it
+    cleanly). Several may run: one leads, the others stand by and take over."""
+    import logging
+
+    from notifier import console, watcher
+
+    settings = settings_from(ctx)
+    if show_status:
+        states = watcher.watcher_states(open_database(settings), settings)
+        echo_lines(console.watcher_lines(states))
+        for state in states[:1]:
+            echo_lines(console.watcher_detail_lines(state))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns what matters
+    runner = watcher.Watcher(settings)
+    click.echo(f"watcher {runner.owner}: starting (stop with Ctrl-C or SIGTERM)", err=True)
+    runner.run()
+    click.echo(f"watcher {runner.owner}: stopped", err=True)
+
+
+@feeds.command("list")
+@click.pass_context
+@friendly_errors
+def feeds_list(ctx: click.Context) -> None:
+    """The configured feeds with their health (ok, failing, stale, never polled) and the watcher's heartbeat."""
+    from notifier.console import feeds_lines
+    from notifier.polling import source_health
+    from notifier.watcher import watcher_states
+
+    settings = settings_from(ctx)
+    factory = open_database(settings)
+    echo_lines(feeds_lines(source_health(factory, settings), watcher_states(factory, settings)))
+
+
+@feeds.command("poll")
+@click.option("--once", is_flag=True, help="Poll every feed once, run the rules, and exit.")
+@click.pass_context
+@friendly_errors
+def feeds_poll(ctx: click.Context, once: bool) -> None:
+    """Poll the configured feeds and hand what is new to the rules (without --once: keep polling)."""
+    from notifier import UsageError
+    from notifier.paths import rules_dir
+    from notifier.polling import poll_all
+    from notifier.rules import load_rules
+    from notifier.watcher import Watcher, run_pipeline
+
+    settings = settings_from(ctx)
+    if not settings.feeds:
+        raise UsageError("no feeds configured: add [[feeds]] tables (name, url, format, poll_seconds) to "
+                         "notifier.toml")
+    if not once:
+        runner = Watcher(settings, jobs=("poll", "pipeline"))
+        click.echo(f"polling {len(settings.feeds)} feed(s) as watcher {runner.owner} (stop with Ctrl-C)", err=True)
+        runner.run()
+        return
+    rules_loaded = load_rules([rules_dir(), *map(Path, settings.rules_dirs)])
+    factory = open_database(settings)
+    results = poll_all(factory, settings)
+    for result in results:
+        if result.outcome == "error":
+            click.echo(f"{result.source}: error: {result.errors[0]}")
+            continue
+        extra = f"; {len(result.errors)} entry error(s): {result.errors[0]}" if result.errors else ""
+        click.echo(f"{result.source}: {result.outcome}, {result.documents} document(s), {result.observations} "
+                   f"observation(s), {len(result.new_item_ids)} new, {result.duplicates} already seen{extra}")
+    done = run_pipeline(factory, settings, rules_loaded)
+    click.echo(f"rules: {done['items']} new item(s), {done['disruptions_changed']} disruption(s) opened or revised, "
+               f"{done['disruptions_cleared']} cleared, broadcasts {done['broadcasts'] or 'none'}")
+    if any(r.outcome == "error" for r in results):
+        sys.exit(1)
+
+
+@main.group()
+def config() -> None:
+    """Configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@friendly_errors
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Every setting in effect, secrets masked."""
+    from dataclasses import asdict
+
+    from notifier.console import config_lines
+
+    masked = settings_from(ctx).masked()
+    if as_json:
+        masked["feeds"] = [asdict(source) for source in masked["feeds"]]
+        click.echo(json.dumps(masked, indent=2, default=str))
+    else:
+        echo_lines(config_lines(masked))
 
 
 if __name__ == "__main__":

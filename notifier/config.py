@@ -40,12 +40,24 @@ class Settings:
     database_url: str = "sqlite:///notifier.db"
     outbox_dir: str = "outbox"
     rules_dirs: tuple[str, ...] = ()
+    # CSV of `locode,zone` rows: marine-zone / UGC / SAME codes that cover each port (added to Port.zone_codes).
+    zone_codes_file: str = ""
     operator: str = ""
     ops_email: str = ""
     # offers
     offers_per_booking: int = 2
     hold_minutes: int = 720
     offer_deadline_hours: int = 12
+    # Who gets scarce places first, most important first: "departure" (earliest original departure),
+    # "accessibility" (passengers with accessibility needs). Within that, earlier bookings first.
+    offer_priority: tuple[str, ...] = ("departure", "accessibility")
+    # A departure delay longer than this gives the refund choice (EU 1177/2010 Art 18: "more than 90 minutes").
+    refund_delay_minutes: int = 90
+    refund_days: int = 7
+    # What a booking gets when nobody chose by the deadline, per route jurisdiction ("*" for the rest):
+    # "refund" (EU Art 18: refund unless re-routing was chosen) or "first_sailing" (China weather stoppage:
+    # the ticket stays valid for the first sailings after resumption; the held place becomes the booking).
+    no_answer_defaults: tuple[str, ...] = ("EU=refund", "*=first_sailing")
     # planning and approval
     approval_threshold: int = 500
     min_notice_interval_minutes: int = 30
@@ -60,6 +72,8 @@ class Settings:
     sms_price_per_segment: Decimal = Decimal("0.0079")
     sms_price_currency: str = "USD"
     # delivery
+    # Sending rates per sender (SMS: per From number or Messaging Service, in segments) and per SMTP relay;
+    # 0 means no limit.
     sms_segments_per_second: float = 10.0
     emails_per_second: float = 20.0
     dispatch_threads: int = 8
@@ -68,7 +82,20 @@ class Settings:
     max_attempts: int = 8
     max_age_minutes: int = 360
     sms_validity_seconds: int = 14400
+    # Opted-out recipients of a safety-critical notice: "respect" (default: the customer's STOP stands, and Twilio
+    # refuses STOPped numbers with 21610 anyway) or "send" (where the operator's legal basis allows it).
     safety_critical_opt_out: str = "respect"  # respect | send
+    # Per-sender SMS limits, "SENDER=SEGMENTS_PER_SECOND" (a From number or Messaging Service SID).
+    sms_sender_rates: tuple[str, ...] = ()
+    # How many `notifier dispatch` processes share the senders; each takes 1/N of every configured rate.
+    dispatch_workers: int = 1
+    provider_timeout_seconds: float = 10.0
+    retry_base_seconds: float = 2.0
+    retry_cap_seconds: float = 600.0
+    dispatch_poll_seconds: float = 1.0
+    # An email whose send was cut by a crash cannot be looked up at the relay: "resend" (same Message-ID, so
+    # mail clients show one message) or "assume_sent".
+    email_reconcile: str = "resend"
     # providers (credentials come from the environment only)
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
@@ -87,6 +114,11 @@ class Settings:
     feeds: tuple[FeedSource, ...] = ()
     fetch_max_bytes: int = 5_000_000
     fetch_timeout_seconds: float = 10.0
+    # the watcher (`notifier watch`): one leader, the others stand by and take over when its lease lapses
+    watcher_lease_seconds: int = 30
+    watcher_tick_seconds: float = 2.0
+    watcher_pipeline_seconds: int = 30
+    watcher_housekeeping_seconds: int = 60
 
     @property
     def sms_configured(self) -> bool:

@@ -109,6 +109,8 @@ class Sailing(Base):
     estimated_arrival: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(16), default="scheduled")  # scheduled|delayed|cancelled|departed
     gtfs_trip_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    # Whether this sailing takes dangerous-goods cargo; a DG booking is only ever offered a sailing that does.
+    dangerous_goods_accepted: Mapped[bool] = mapped_column(default=True)
 
     route: Mapped[Route] = relationship()
     vessel: Mapped[Vessel | None] = relationship()
@@ -155,6 +157,9 @@ class Customer(Base):
     # Channels the customer accepts, in order of preference, e.g. ["sms", "email"].
     channels: Mapped[list[Any]] = mapped_column(default=lambda: ["sms", "email"])
     key_account: Mapped[bool] = mapped_column(default=False)
+    # The outcome of checking `phone` and `email` (notifier.contacts), stored with the values it was made for, so
+    # that planning 100,000 notices does not validate 100,000 numbers again; a changed phone or email makes it stale.
+    contact_check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Booking(Base):
@@ -182,6 +187,8 @@ class Booking(Base):
     # money, as paid
     fare_paid: Mapped[Decimal] = mapped_column(default=Decimal("0"))
     currency: Mapped[str] = mapped_column(String(3))
+    # Set when the booking is marked for refund (status "refund"): what finance pays back, in `currency`.
+    refund_amount: Mapped[Decimal | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     customer: Mapped[Customer] = relationship()
@@ -230,6 +237,11 @@ class FeedSourceState(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     last_feed_timestamp: Mapped[datetime | None]
+    # Index feeds (ATOM/RSS of CAP links): entry id -> the <updated> already fetched, so an entry is read once
+    # per version.
+    index_seen: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # When ops were last warned that this source went silent (one warning per silence, not one per minute).
+    stale_warned_at: Mapped[datetime | None]
 
 
 class FeedError(Base):
@@ -267,12 +279,30 @@ class Disruption(Base):
     superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("disruptions.id"))
     notify: Mapped[dict[str, Any]] = mapped_column(default=dict)  # template, channels, audience, approval
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)  # entitlements that apply
+    # What notices quote beyond the columns: the observation's headline, the omitted port, the kind it replaced
+    # ("previous_kind"), the delay customers were last told, and the resumption sailing once cleared.
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     known_at: Mapped[datetime] = mapped_column(default=utcnow)
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     cleared_at: Mapped[datetime | None]
 
     sailing: Mapped[Sailing] = relationship()
+
+
+class DisruptionSource(Base):
+    """A feed lineage ("source,external_id") that currently asserts a disruption. A CAP Update moves the row to the
+    new alert; a Cancel or expiry removes it; the disruption clears when no source is left."""
+
+    __tablename__ = "disruption_sources"
+    __table_args__ = (UniqueConstraint("disruption_id", "source_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    disruption_id: Mapped[int] = mapped_column(ForeignKey("disruptions.id"), index=True)
+    source_key: Mapped[str] = mapped_column(String(530), index=True)
+    feed_item_id: Mapped[int | None] = mapped_column(ForeignKey("feed_items.id"))
+    window_end: Mapped[datetime | None]
+    asserted_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Broadcast(Base):
@@ -319,6 +349,8 @@ class Offer(Base):
     currency: Mapped[str | None] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16), default="open")  # open|held|accepted|released|expired
     hold_expires_at: Mapped[datetime | None]
+    # Places held per space class, e.g. {"economy": 2, "vehicle": 1}: a release gives back exactly these.
+    holds: Mapped[dict[str, Any]] = mapped_column(default=dict)
     deadline: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -332,7 +364,9 @@ class Notification(Base):
 
     __tablename__ = "notifications"
     __table_args__ = (Index("ix_notifications_claim", "status", "priority", "next_attempt_at"),
-                      Index("ix_notifications_broadcast_status", "broadcast_id", "status"))
+                      Index("ix_notifications_broadcast_status", "broadcast_id", "status"),
+                      # An SMS reply is matched to the notices sent to its number.
+                      Index("ix_notifications_recipient", "recipient"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     dedup_key: Mapped[str] = mapped_column(String(300), unique=True)
@@ -378,6 +412,8 @@ class DeliveryAttempt(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str] = mapped_column(String(16))  # sent | retry | failed | reconciled | callback
     provider_id: Mapped[str | None] = mapped_column(String(120))
+    # The provider's own word for a status callback (Twilio: queued, sent, delivered, undelivered, failed ...).
+    provider_status: Mapped[str | None] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
 
@@ -435,3 +471,16 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120))
     expires_at: Mapped[datetime]
+
+
+class WatcherHeartbeat(Base):
+    """One row per `notifier watch` process: its role and when it last showed signs of life."""
+
+    __tablename__ = "watcher_heartbeats"
+
+    owner: Mapped[str] = mapped_column(String(120), primary_key=True)  # host:pid
+    role: Mapped[str] = mapped_column(String(16))  # leader | standby | stopped
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What the last cycle did (jobs run, items, notices sent ...), for `notifier watch --status`.
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

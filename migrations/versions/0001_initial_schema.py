@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 14:15:23.393770
+Create Date: 2026-11-29 15:22:12.832742
 """
 from alembic import op
 import sqlalchemy as sa
@@ -57,6 +57,7 @@ def upgrade() -> None:
     sa.Column('language', sa.String(length=16), nullable=False),
     sa.Column('channels', sa.JSON(), nullable=False),
     sa.Column('key_account', sa.Boolean(), nullable=False),
+    sa.Column('contact_check', sa.JSON(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('ref')
     )
@@ -103,6 +104,8 @@ def upgrade() -> None:
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('consecutive_failures', sa.Integer(), nullable=False),
     sa.Column('last_feed_timestamp', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('index_seen', sa.JSON(), nullable=False),
+    sa.Column('stale_warned_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('name')
     )
     op.create_table('locks',
@@ -144,6 +147,14 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('imo')
     )
+    op.create_table('watcher_heartbeats',
+    sa.Column('owner', sa.String(length=120), nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('beat_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('details', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('owner')
+    )
     op.create_table('routes',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('code', sa.String(length=32), nullable=False),
@@ -175,6 +186,7 @@ def upgrade() -> None:
     sa.Column('estimated_arrival', sa.DateTime(timezone=True), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('gtfs_trip_id', sa.String(length=128), nullable=True),
+    sa.Column('dangerous_goods_accepted', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['destination_port_id'], ['ports.id'], ),
     sa.ForeignKeyConstraint(['origin_port_id'], ['ports.id'], ),
     sa.ForeignKeyConstraint(['route_id'], ['routes.id'], ),
@@ -207,6 +219,7 @@ def upgrade() -> None:
     sa.Column('cutoffs', sa.JSON(), nullable=False),
     sa.Column('fare_paid', sa.Numeric(precision=12, scale=2), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('refund_amount', sa.Numeric(precision=12, scale=2), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
     sa.ForeignKeyConstraint(['sailing_id'], ['sailings.id'], ),
@@ -236,6 +249,7 @@ def upgrade() -> None:
     sa.Column('superseded_by_id', sa.Integer(), nullable=True),
     sa.Column('notify', sa.JSON(), nullable=False),
     sa.Column('policy', sa.JSON(), nullable=False),
+    sa.Column('details', sa.JSON(), nullable=False),
     sa.Column('known_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('opened_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
@@ -261,6 +275,22 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sailing_id', 'space_class')
     )
+    op.create_table('disruption_sources',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('disruption_id', sa.Integer(), nullable=False),
+    sa.Column('source_key', sa.String(length=530), nullable=False),
+    sa.Column('feed_item_id', sa.Integer(), nullable=True),
+    sa.Column('window_end', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('asserted_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['disruption_id'], ['disruptions.id'], ),
+    sa.ForeignKeyConstraint(['feed_item_id'], ['feed_items.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('disruption_id', 'source_key')
+    )
+    with op.batch_alter_table('disruption_sources', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_disruption_sources_disruption_id'), ['disruption_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_disruption_sources_source_key'), ['source_key'], unique=False)
+
     op.create_table('notifications',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('dedup_key', sa.String(length=300), nullable=False),
@@ -306,6 +336,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_notifications_claim', ['status', 'priority', 'next_attempt_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_notifications_disruption_id'), ['disruption_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_notifications_provider_id'), ['provider_id'], unique=False)
+        batch_op.create_index('ix_notifications_recipient', ['recipient'], unique=False)
 
     op.create_table('offers',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -321,6 +352,7 @@ def upgrade() -> None:
     sa.Column('currency', sa.String(length=3), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('hold_expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('holds', sa.JSON(), nullable=False),
     sa.Column('deadline', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['booking_id'], ['bookings.id'], ),
@@ -361,6 +393,7 @@ def upgrade() -> None:
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('outcome', sa.String(length=16), nullable=False),
     sa.Column('provider_id', sa.String(length=120), nullable=True),
+    sa.Column('provider_status', sa.String(length=16), nullable=True),
     sa.Column('error_code', sa.String(length=32), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['notification_id'], ['notifications.id'], ),
@@ -389,6 +422,7 @@ def downgrade() -> None:
 
     op.drop_table('offers')
     with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.drop_index('ix_notifications_recipient')
         batch_op.drop_index(batch_op.f('ix_notifications_provider_id'))
         batch_op.drop_index(batch_op.f('ix_notifications_disruption_id'))
         batch_op.drop_index('ix_notifications_claim')
@@ -396,6 +430,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_notifications_booking_id'))
 
     op.drop_table('notifications')
+    with op.batch_alter_table('disruption_sources', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_disruption_sources_source_key'))
+        batch_op.drop_index(batch_op.f('ix_disruption_sources_disruption_id'))
+
+    op.drop_table('disruption_sources')
     op.drop_table('sailing_capacities')
     with op.batch_alter_table('disruptions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_disruptions_sailing_id'))
@@ -417,6 +456,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_routes_gtfs_route_id'))
 
     op.drop_table('routes')
+    op.drop_table('watcher_heartbeats')
     op.drop_table('vessels')
     with op.batch_alter_table('ports', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ports_gtfs_stop_id'))
