@@ -20,6 +20,9 @@ class DatabaseError(NotifierError):
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and a busy timeout, PostgreSQL a checked pool."""
+    # Statement parameters are phone numbers, email addresses and names: keep them out of SQL logging and out of
+    # the text of database errors, which reach logs and the CLI.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
@@ -75,7 +78,8 @@ def insert_ignore(table: Any, bind: Engine | Session):  # noqa: ANN201
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
+    # psycopg reports -1 rows for an INSERT unless asked to keep the count; callers count what was new.
+    return insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
 
 def require_schema(engine: Engine) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +24,9 @@ from .models import (AuditEntry, Booking, Customer, Port, Route, Sailing, Sailin
 from .paths import demo_data_dir
 
 BUNDLED_FEED = "typhoon_qiongzhou.xml"
+# Links in demo notices need a signing key; the demo has no credentials, so it uses this published one unless
+# NOTIFIER_SECRET_KEY is set. Serve the demo's choice page with NOTIFIER_SECRET_KEY=notifier-demo-only-key.
+DEMO_SECRET = "notifier-demo-only-key"
 DAYS = 4
 
 PORTS = [  # locode, name, Chinese name, country, lat, lon, time zone
@@ -314,6 +317,8 @@ def run(settings, bookings: int, feed_path: str | None, now: datetime | None = N
     from .rules import load_rules
 
     now = now or datetime.now(UTC)
+    if not settings.secret_key:
+        settings = replace(settings, secret_key=DEMO_SECRET)
     rules = load_rules([rules_dir(), *map(Path, settings.rules_dirs)])  # refuse bad rules before any write
     user_feed = _read_user_feed(feed_path)  # and a bad feed, too
     user_observations = cap.parse(user_feed, source=feed_path) if user_feed is not None else None

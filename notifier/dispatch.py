@@ -29,6 +29,7 @@ The watcher keeps one `Dispatcher` and calls `run(drain=True)` each tick, so pac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -55,7 +56,8 @@ from .config import ConfigError, Settings
 from .db import is_postgres, transaction
 from .fallback import plan_fallback
 from .models import Broadcast, Customer, DeliveryAttempt, Disruption, Notification, OptOut, Sailing, utcnow
-from .optouts import may_send, mask, record_opt_out, unsubscribe_url
+from .optouts import may_send, record_opt_out, unsubscribe_url
+from .privacy import mask_contact, redact
 from .ratelimit import Pacer
 
 log = logging.getLogger(__name__)
@@ -217,8 +219,8 @@ def _useless_by_disruption(session: Session, notifications: Sequence[Any], now: 
     useless = {}
     for notification in notifications:
         fact = facts.get(notification.disruption_id)
-        if fact is None:
-            continue
+        if fact is None or notification.purpose == "confirmation":
+            continue  # a confirmation answers the customer's own choice: it stays true whatever the feed does
         departure = fact.estimated_departure or fact.scheduled_departure
         if fact.status == "superseded":
             useless[notification.id] = "the disruption was superseded before this notice went out"
@@ -270,6 +272,9 @@ def record_outcome(session: Session, notification: Notification, result: SendRes
                    stats: DispatchStats | None = None) -> str:
     """Write one send's outcome to the outbox row and the attempts log; returns the row's status."""
     stats = stats if stats is not None else DispatchStats()
+    # A provider's refusal may quote the address ("The 'To' number +86... is not valid"): keep it out of the
+    # outbox, the report and the audit, which all show this text.
+    result = dataclasses.replace(result, reason=redact(result.reason) if result.reason else result.reason)
     session.add(DeliveryAttempt(notification_id=notification.id, attempt_no=notification.attempts,
                                 started_at=started or now, finished_at=now, outcome=result.status,
                                 provider_id=result.provider_id, error_code=result.code,
@@ -650,8 +655,8 @@ class Dispatcher:
                 notification.lease_owner, notification.lease_expires_at = None, None
         else:
             if item.result.status != "sent":
-                log.info("notification %s to %s: %s (%s)", notification.id, mask(notification.recipient),
-                         item.result.status, item.result.reason)
+                log.info("notification %s to %s: %s (%s)", notification.id, mask_contact(notification.recipient),
+                         item.result.status, redact(item.result.reason))
             record_outcome(session, notification, item.result, self.settings, now, item.started, self.owner,
                            self.stats)
 

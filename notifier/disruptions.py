@@ -29,7 +29,7 @@ from . import audit
 from .entitlements import notice_lines
 from .messages import local_time, money
 from .models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Port, Sailing, utcnow
-from .offers import candidates_for, release
+from .offers import candidates_for, release_many
 from .rules import STRENGTH, Impact
 
 LIVE = ("active", "superseded")
@@ -412,9 +412,9 @@ def _withdraw_pending(session: Session, disruption: Disruption, now: datetime) -
 
 
 def _release_offers(session: Session, disruption: Disruption) -> None:
-    for offer in list(session.scalars(select(Offer).where(Offer.disruption_id == disruption.id,
-                                                          Offer.status == "held"))):
-        release(session, offer, "released")
+    # release_many locks the capacity rows in a fixed order, so it cannot deadlock with a customer's choice.
+    held = list(session.scalars(select(Offer).where(Offer.disruption_id == disruption.id, Offer.status == "held")))
+    release_many(session, held, "released")
 
 
 def _update_sailing(session: Session, sailing_id: int, now: datetime) -> None:

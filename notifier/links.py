@@ -21,6 +21,10 @@ class LinkError(NotifierError):
     """A link that is forged, truncated or expired."""
 
 
+class LinkExpired(LinkError):
+    """A genuine link whose deadline has passed."""
+
+
 class _TruncatedHMAC(SigningAlgorithm):
     """HMAC-SHA256 cut to 12 bytes (16 URL-safe characters)."""
 
@@ -68,7 +72,7 @@ def read_token(secret: str, token: str, now: datetime | None = None) -> ChoiceLi
         raise LinkError("this link is not valid (it may be incomplete or altered)") from None
     link = ChoiceLink(booking, disruption, datetime.fromtimestamp(deadline, UTC))
     if (now or datetime.now(UTC)) > link.deadline:
-        raise LinkError("this link has expired")
+        raise LinkExpired("this link has expired")
     return link
 
 

@@ -64,14 +64,21 @@ def sms_segments(text: str) -> int:
     if not text:
         return 0
     if sms_encoding(text) == "GSM-7":
-        units = sum(2 if c in GSM7_EXTENDED else 1 for c in text)
+        costs = [2 if c in GSM7_EXTENDED else 1 for c in text]
         single, multi = 160, 153
     else:
-        units = len(text.encode("utf-16-le")) // 2
+        costs = [2 if ord(c) > 0xFFFF else 1 for c in text]
         single, multi = 70, 67
-    if units <= single:
+    if sum(costs) <= single:
         return 1
-    return -(-units // multi)
+    # Parts are filled, not divided: an escape pair (GSM-7) or a surrogate pair (UCS-2) that would straddle a
+    # boundary starts the next part, so "a" * 152 + "€" + "a" * 152 is three parts, not two.
+    parts, filled = 1, 0
+    for cost in costs:
+        if filled + cost > multi:
+            parts, filled = parts + 1, 0
+        filled += cost
+    return parts
 
 
 # --- locale formatting ---------------------------------------------------------------------------------------
@@ -134,7 +141,7 @@ def resolve_language(name: str, language: str, folder: str | None = None) -> str
 def available_templates(folder: str | None = None) -> list[str]:
     """Template names that exist (for error messages and `--template` validation)."""
     root = Path(folder or templates_dir())
-    return sorted({p.name.split(".")[0] for p in root.glob("*/*.j2")})
+    return sorted({p.name.split(".")[0] for kind in ("sms", "email") for p in (root / kind).glob("*.j2")})
 
 
 def render(channel: str, name: str, language: str, context: dict[str, Any], folder: str | None = None) -> Rendered:

@@ -190,11 +190,13 @@ def housekeeping(factory: sessionmaker[Session], settings: Settings, now: dateti
 
     now = now or utcnow()
     done: dict[str, Any] = {}
-    with transaction(factory) as session:
-        done["holds_expired"] = offers.expire_holds(session, now)
+    # Defaults first: a customer who did not answer keeps the place held for them, which expiring holds first
+    # would give away when both fall due at the same moment.
     defaults = _optional("notifier.responses", "apply_no_answer_defaults")
     if defaults is not None:
         done["defaults_applied"] = defaults(factory, settings, now)
+    with transaction(factory) as session:
+        done["holds_expired"] = offers.expire_holds(session, now)
     expire = _optional("notifier.pipeline", "expire_disruptions") or _optional("notifier.disruptions",
                                                                               "expire_disruptions")
     if expire is not None:
