@@ -83,13 +83,13 @@ def test_crash_half_way_then_rerun_gives_the_same_notifications(factory, demo_db
     real_chunk = broadcasts._plan_chunk
     calls = {"n": 0}
 
-    def crash_on_third_chunk(*args, **kwargs):
+    def crash_on_second_chunk(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:
             raise RuntimeError("simulated crash")
         return real_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "_plan_chunk", crash_on_third_chunk)
+    monkeypatch.setattr(broadcasts, "_plan_chunk", crash_on_second_chunk)
     with pytest.raises(RuntimeError):
         run_pipeline(factory, tmp_settings, demo_db.epoch)
     partial = outbox_keys(factory)
