@@ -71,11 +71,18 @@ def settings_from(ctx: click.Context, **overrides):  # noqa: ANN003, ANN201
 @click.group()
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="Path to notifier.toml (default: $NOTIFIER_CONFIG or ./notifier.toml).")
+@click.option("--log-level", envvar="NOTIFIER_LOG_LEVEL", default=None,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Log to stderr from this level (default WARNING; `watch` INFO). Contacts are always masked.")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, log_level: str | None) -> None:
     """notifier: tell every passenger and shipper on a disrupted sailing what happened and what they may do."""
+    from notifier.logs import setup_logging
+
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path
+    ctx.obj["log_level"] = log_level
+    setup_logging(log_level)
 
 
 # --- demo ---------------------------------------------------------------------------------------------------------
@@ -124,7 +131,7 @@ def print_demo_summary(summary) -> None:  # noqa: ANN001
         click.echo(f"Notifications planned: {summary.notifications_planned} ({parts})")
         if summary.unreachable:
             click.echo(f"Without a usable contact on some channel: {len(summary.unreachable)} "
-                       f"(see `notifier followups list` once available, or the preview)")
+                       f"(see `notifier followups list`)")
     click.echo(f"Sent: {summary.sent}, failed: {summary.failed}, retrying later: {summary.retried} "
                f"(sms via {summary.channel_names.get('sms')}, email via {summary.channel_names.get('email')})")
     click.echo(f"Outbox: {summary.outbox}   Database: {summary.database}")
@@ -688,6 +695,109 @@ def booking_show(ctx: click.Context, ref: str) -> None:
     echo_lines(booking_lines(booking_card(open_database(settings_from(ctx)), ref)))
 
 
+@main.group()
+def followups() -> None:
+    """The customer-service desk's worklist: bookings that need a person (list, take, done)."""
+
+
+@followups.command("list")
+@click.option("--disruption", "disruption_id", type=int, default=None, metavar="ID", help="Only this disruption.")
+@click.option("--reason", "reasons", multiple=True, metavar="REASON",
+              help="Only this reason (repeatable): unreachable, free-text, help, not-carried-out, key-account.")
+@click.option("--all", "include_done", is_flag=True, help="Also list the follow-ups already done.")
+@click.option("--csv", "as_csv", is_flag=True, help="Write CSV to standard output (contacts masked).")
+@click.pass_context
+@friendly_errors
+def followups_list(ctx: click.Context, disruption_id: int | None, reasons: tuple[str, ...], include_done: bool,
+                   as_csv: bool) -> None:
+    """Every booking that needs a person, most urgent first, with why and its history (brought up to date
+    first)."""
+    from notifier import followups as desk
+    from notifier.console import worklist_lines
+    from notifier.db import transaction
+
+    settings = settings_from(ctx)
+    factory = open_database(settings)
+    with transaction(factory) as session:
+        desk.refresh(session, settings)
+    with factory() as session:
+        items = desk.worklist(session, settings, disruption_id, reasons, include_done)
+    if as_csv:
+        desk.write_csv(items, sys.stdout)
+    else:
+        echo_lines(worklist_lines(items))
+
+
+@followups.command("take")
+@click.argument("item_id", type=int, metavar="ID")
+@operator_option
+@click.pass_context
+@friendly_errors
+def followups_take(ctx: click.Context, item_id: int, operator: str | None) -> None:
+    """Take a follow-up: it is yours, and nobody else can take it."""
+    from notifier import followups as desk
+    from notifier.db import transaction
+
+    settings = settings_from(ctx)
+    with transaction(open_database(settings)) as session:
+        item = desk.take(session, item_id, operator or settings.operator)
+    click.echo(f"follow-up #{item.id} ({item.reason}) is taken by {item.operator}; when it is settled: "
+               f"notifier followups done {item.id} --outcome rebooked|refunded|no-answer|other --note TEXT")
+
+
+@followups.command("done")
+@click.argument("item_id", type=int, metavar="ID")
+@click.option("--outcome", required=True, type=click.Choice(["rebooked", "refunded", "no-answer", "other"]),
+              help="How it ended.")
+@click.option("--note", required=True, help="What was done, for the next person who reads this booking.")
+@operator_option
+@click.pass_context
+@friendly_errors
+def followups_done(ctx: click.Context, item_id: int, outcome: str, note: str, operator: str | None) -> None:
+    """Close a follow-up you took, with its outcome and a note."""
+    from notifier import followups as desk
+    from notifier.db import transaction
+
+    settings = settings_from(ctx)
+    with transaction(open_database(settings)) as session:
+        item = desk.close(session, item_id, outcome, note, operator or settings.operator or None)
+    click.echo(f"follow-up #{item.id} ({item.reason}) is done: {item.outcome}, by {item.operator}")
+
+
+# --- retention ------------------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--older-than", "days", type=int, default=None, metavar="DAYS",
+              help="Remove personal data older than this many days (default: retention_days, 180).")
+@click.option("--yes", is_flag=True, help="Do not ask first.")
+@operator_option
+@click.pass_context
+@friendly_errors
+def purge(ctx: click.Context, days: int | None, yes: bool, operator: str | None) -> None:
+    """Remove personal data past the retention period: customers' names and contacts once all their sailings are
+    that old, notice texts and recipients, reply texts, desk notes. Figures, choices, opt-outs and the audit
+    trail stay; the purge is audited (counts only)."""
+    from notifier import retention
+
+    settings = settings_from(ctx)
+    factory = open_database(settings)
+    days = settings.retention_days if days is None else days
+    due = retention.purgeable(factory, days)
+    cutoff = retention.cutoff_for(days)
+    if not due.total:
+        click.echo(f"Nothing to purge: no personal data older than {days} days (before {cutoff:%Y-%m-%d %H:%M} UTC).")
+        return
+    click.echo(f"Personal data older than {days} days (before {cutoff:%Y-%m-%d %H:%M} UTC):")
+    echo_lines(due.lines())
+    if not confirmed("Remove it for good?", yes):
+        click.echo("Nothing was purged.")
+        sys.exit(1)
+    done = retention.purge(factory, days, operator or settings.operator or "retention")
+    click.echo(f"Purged: {done.counts.customers} customer(s), {done.counts.shippers} shipper name(s), "
+               f"{done.counts.notices} notice(s), {done.counts.replies} reply text(s), {done.counts.notes} desk "
+               "note(s). Figures, choices, opt-outs and the audit trail are kept.")
+
+
 # --- the watcher, feeds, configuration -------------------------------------------------------------------------------
 
 @main.command()
@@ -700,6 +810,7 @@ def watch(ctx: click.Context, show_status: bool) -> None:
     import logging
 
     from notifier import console, watcher
+    from notifier.logs import setup_logging
 
     settings = settings_from(ctx)
     if show_status:
@@ -708,7 +819,7 @@ def watch(ctx: click.Context, show_status: bool) -> None:
         for state in states[:1]:
             echo_lines(console.watcher_detail_lines(state))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(ctx.obj.get("log_level") or "INFO")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns what matters
     runner = watcher.Watcher(settings)
     click.echo(f"watcher {runner.owner}: starting (stop with Ctrl-C or SIGTERM)", err=True)

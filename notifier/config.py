@@ -6,6 +6,7 @@ Precedence: built-in defaults < notifier.toml (path from NOTIFIER_CONFIG, else .
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
@@ -14,7 +15,10 @@ from typing import Any
 
 from . import NotifierError
 
-SECRET_FIELDS = {"twilio_auth_token", "smtp_password", "secret_key"}
+SECRET_FIELDS = {"twilio_auth_token", "smtp_password", "secret_key", "imap_password", "inbound_email_secret"}
+# Query parameters that carry credentials in feed and database URLs (?api_key=..., &token=..., ?password=...).
+SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#;\s]*(?:key|token|secret|passw|pwd|sig|auth)[^=&#;\s]*)=[^&#;\s]*")
+URL_PASSWORD = re.compile(r"(\b[a-z][\w+.-]*://[^/\s:@]*):[^@\s/]*@")
 
 
 class ConfigError(NotifierError):
@@ -114,11 +118,40 @@ class Settings:
     feeds: tuple[FeedSource, ...] = ()
     fetch_max_bytes: int = 5_000_000
     fetch_timeout_seconds: float = 10.0
+    # The whole fetch of one feed, retries included: a server that drips a byte at a time is given up on after it.
+    fetch_deadline_seconds: float = 60.0
+    # How long a dispatcher keeps retrying a database that dropped its connection before it stops with a message.
+    db_retry_seconds: float = 30.0
+    # The choice page: POSTs allowed per minute for one link and for one client address (429 beyond them).
+    choice_posts_per_minute_per_link: int = 10
+    choice_posts_per_minute_per_address: int = 60
+    # Addresses of reverse proxies whose X-Forwarded-For is believed; from anyone else it is ignored.
+    trusted_proxies: tuple[str, ...] = ()
+    # Personal data (names, contacts, notice texts, SMS replies) older than this many days is removed by
+    # `notifier purge`; figures and the audit trail stay.
+    retention_days: int = 180
     # the watcher (`notifier watch`): one leader, the others stand by and take over when its lease lapses
     watcher_lease_seconds: int = 30
     watcher_tick_seconds: float = 2.0
     watcher_pipeline_seconds: int = 30
     watcher_housekeeping_seconds: int = 60
+    # closing the loop (notifier.reminders, .followups, .satisfaction, .inbound_email)
+    # One reminder this long before the offer deadline to a customer who has not chosen (0: no reminders).
+    reminder_lead_minutes: int = 180
+    # Cargo bookings above this many TEU get a personal call from the desk, like customers flagged key_account.
+    key_account_teu: int = 10
+    # Ask customers for a 1-5 score once their disruption is resolved; a score reply is taken this many days.
+    satisfaction_check: bool = True
+    satisfaction_reply_days: int = 7
+    # Email replies: read over IMAP (the password from NOTIFIER_IMAP_PASSWORD only) and/or POSTed to
+    # /email/inbound signed with NOTIFIER_INBOUND_EMAIL_SECRET.
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_ssl: bool = True
+    imap_user: str = ""
+    imap_password: str = ""
+    imap_folder: str = "INBOX"
+    inbound_email_secret: str = ""
 
     @property
     def sms_configured(self) -> bool:
@@ -139,7 +172,9 @@ class Settings:
             if f.name in SECRET_FIELDS and value:
                 value = "****"
             elif f.name == "database_url":
-                value = _mask_url_password(value)
+                value = mask_url(value)
+            elif f.name == "feeds":
+                value = tuple(replace(source, url=mask_url(source.url)) for source in value)
             shown[f.name] = value
         return shown
 
@@ -154,13 +189,11 @@ _ENV_ALIASES = {
 _SECRET_FROM_FILE_MESSAGE = "secrets are read from the environment only; remove '{key}' from {path}"
 
 
-def _mask_url_password(url: str) -> str:
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:****@{host}"
-    return url
+def mask_url(text: str) -> str:
+    """A URL (or a message quoting URLs) fit to show: passwords and secret-looking query values (key, token,
+    password ...) masked."""
+    text = URL_PASSWORD.sub(r"\1:****@", text)
+    return SECRET_QUERY.sub(lambda match: f"{match.group(1)}=****", text)
 
 
 def _coerce(name: str, raw: Any, current: Any) -> Any:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .broadcasts import Preview, Progress, finish_sent_broadcasts, progress
 from .config import Settings
 from .models import utcnow
+from .reminders import preview_reminders
 
 SETTLED = ("done", "cancelled", "paused", "awaiting_approval", "approved")
 
@@ -89,6 +90,7 @@ def preview_lines(preview: Preview, settings: Settings, shown: int | None = 15) 
     lines.append(f"Expected time to deliver: about {duration(preview.seconds_to_deliver)} "
                  f"(SMS {settings.sms_segments_per_second:g} segments/s, email {settings.emails_per_second:g}/s)")
     lines += _offer_lines(preview)
+    lines += reminder_lines(preview_reminders(settings, b.id))
     lines += [f"WARNING: {warning}" for warning in preview.warnings]
     lines += _approval_lines(b, facts)
     for sample in preview.samples:
@@ -164,6 +166,21 @@ def _offer_lines(preview: Preview) -> list[str]:
     rows = [[o["code"], o["departure"], o["places"], o["bookings"]] for o in preview.offers_held[:12]]
     lines += table(rows, ["alternative sailing", "departs (local)", "places held", "bookings"]) if rows else []
     return lines
+
+
+def reminder_lines(plan: dict[str, Any]) -> list[str]:
+    """What reminders a broadcast leads to (notifier.reminders.planned_reminders)."""
+    if plan["lead_minutes"] <= 0:
+        return ["Reminders: off (reminder_lead_minutes = 0)"]
+    if not plan["bookings"]:
+        queued = f"; {plan['queued']} already queued" if plan["queued"] else ""
+        return [f"Reminders: none to come (no booking has a choice still to make){queued}"]
+    window = plan["first_due"] if plan["first_due"] == plan["last_due"] else \
+        f"{plan['first_due']} to {plan['last_due']}"
+    return [f"Reminders: one each to the {plan['bookings']} booking(s) still without a choice, "
+            f"{plan['lead_minutes']} min before their deadline ({window} {plan['timezone']}); on the other channel "
+            f"where the notice failed; none after a choice, an opt-out or the deadline; {plan['queued']} queued "
+            "so far"]
 
 
 def _approval_lines(broadcast: Any, facts: dict[str, Any]) -> list[str]:
@@ -271,7 +288,42 @@ def report_lines(report: Any) -> list[str]:
         lines.append("Failed by reason:")
         lines += [f"  {count:6d}  {reason}" for reason, count in sorted(t["failed_by_reason"].items(),
                                                                         key=lambda kv: -kv[1])]
+    return lines + closing_lines(report)
+
+
+def closing_lines(report: Any) -> list[str]:
+    """Closing the loop, per disruption: settled (and how many without a person), follow-ups done and open, how
+    long settling took, and the satisfaction scores."""
+    rows, scores, asked = [], Counter(), 0
+    for d in report.disruptions:
+        c = d.closing
+        if not c or not c.get("affected"):
+            continue
+        share = f"{100 * c['without_person'] // c['affected']}%"
+        median, last = c.get("median_minutes_to_settle"), c.get("minutes_until_all_settled")
+        took = (f"all in {duration(last * 60)}" if last is not None else "not yet") + \
+            (f" (median {duration(median * 60)})" if median is not None else "")
+        given = {int(k): v for k, v in c["scores"].items()}
+        scores.update(given)
+        asked += c["requests"]
+        rows.append([f"#{d.disruption_id}", d.sailing, f"{c['settled']}/{c['affected']}", share,
+                     c["followups_done"], c["followups_open"], took, _score_text(given, c["requests"])])
+    if not rows:
+        return []
+    lines = ["", "Closing the loop:"]
+    lines += table(rows, ["disruption", "sailing", "settled", "no person", "follow-ups done", "open",
+                          "time to settle", "scores 1/2/3/4/5 (answers/asked)"])
+    lines.append(f"  satisfaction: {_score_text(dict(scores), asked)}"
+                 + (f", average {sum(k * v for k, v in scores.items()) / sum(scores.values()):.1f}"
+                    if scores else ""))
     return lines
+
+
+def _score_text(scores: dict[int, int], asked: int) -> str:
+    if not asked:
+        return "not asked yet"
+    answered = sum(scores.values())
+    return "/".join(str(scores.get(s, 0)) for s in range(1, 6)) + f" ({answered}/{asked})"
 
 
 def booking_lines(card: Any) -> list[str]:
@@ -295,11 +347,55 @@ def booking_lines(card: Any) -> list[str]:
                     for o in card.offers],
                    ["disruption", "rev", "key", "kind", "sailing / amount", "status", "hold until (UTC)"]) \
         if card.offers else []
-    if card.choices:
+    decisions = [r for r in card.choices if r.get("decision", True)]
+    replies = [r for r in card.choices if not r.get("decision", True)]
+    if decisions:
         lines += [f"Choice: {r['choice']} by {r['channel']} at {when(r['at'])} (disruption #{r['disruption_id']})"
-                  + (f": {r['text']}" if r["text"] else "") for r in card.choices]
+                  + (f": {r['text']}" if r["text"] else "") for r in decisions]
     else:
         lines.append("Choice: none yet")
+    lines += [f"Reply: {r['choice'].replace('_', ' ')} by {r['channel']} at {when(r['at'])}"
+              + (f" (disruption #{r['disruption_id']})" if r["disruption_id"] else "")
+              + (f": {r['text']}" if r["text"] else "") for r in replies]
+    lines += followup_lines(getattr(card, "followups", []))
+    return lines
+
+
+def worklist_lines(items: list[Any]) -> list[str]:
+    """`followups list`: the desk's work, most urgent first, each with why and what happened so far."""
+    if not items:
+        return ["Follow-ups: nothing to do"]
+    counts = Counter(item.status for item in items)
+    lines = [f"Follow-ups: {counts['open'] + counts['taken']} to do ({counts['open']} open, {counts['taken']} taken)"
+             + (f", {counts['done']} done" if counts["done"] else "") + ", most urgent first"]
+    for item in items:
+        state = {"open": "open", "taken": f"taken by {item.operator}",
+                 "done": f"done by {item.operator}: {item.outcome}"}[item.status]
+        key = ", key account" if item.key_account else ""
+        lines.append(f"#{item.id} {item.reason} [{state}] booking {item.booking_ref} ({item.customer_name}{key}), "
+                     f"{item.sailing} departs {item.departure_local} {item.timezone}")
+        lines.append(f"    why: {item.detail}")
+        if item.reply:
+            lines.append(f"    reply: {item.reply}")
+        lines.append(f"    contact: phone {item.phone}, email {item.email}, language {item.language}")
+        lines += [f"    {event}" for event in item.history[-6:]]
+        if item.note:
+            lines.append(f"    note: {item.note}")
+    return lines
+
+
+def followup_lines(followups: list[dict[str, Any]]) -> list[str]:
+    """A booking's follow-ups for `booking show`: reason, state, who, outcome and note."""
+    if not followups:
+        return ["Follow-ups: none"]
+    lines = [f"Follow-ups: {len(followups)}"]
+    for f in followups:
+        state = {"open": "open", "taken": f"taken by {f['operator']} at {when(f['taken_at'])}",
+                 "done": f"done by {f['operator']} at {when(f['done_at'])}: {f['outcome']}"}[f["status"]]
+        lines.append(f"  #{f['id']} {f['reason']} (raised {when(f['created_at'])}): {state}")
+        lines.append(f"      why: {f['detail']}")
+        if f["note"]:
+            lines.append(f"      note: {f['note']}")
     return lines
 
 

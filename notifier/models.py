@@ -434,6 +434,55 @@ class CustomerResponse(Base):
     decision_key: Mapped[str | None] = mapped_column(String(16))
     raw_text: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The inbound message's own id (an email's Message-ID): a re-delivered or re-polled reply is recorded once.
+    external_id: Mapped[str | None] = mapped_column(String(300), unique=True)
+
+
+class FollowUp(Base):
+    """One booking that needs a person at the customer-service desk, for one reason (notifier.followups).
+
+    `source_key` names what raised it (reason, booking, disruption or reply) so a scan never raises it twice;
+    `open_key` is "<booking>:<reason>" while open or taken and NULL once done, which gives "one open item per
+    booking and reason" on every engine."""
+
+    __tablename__ = "follow_ups"
+    __table_args__ = (Index("ix_follow_ups_status", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_key: Mapped[str] = mapped_column(String(120), unique=True)
+    open_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    disruption_id: Mapped[int | None] = mapped_column(ForeignKey("disruptions.id"), index=True)
+    response_id: Mapped[int | None] = mapped_column(ForeignKey("customer_responses.id"))
+    reason: Mapped[str] = mapped_column(String(24))  # unreachable | free-text | help | not-carried-out | key-account
+    detail: Mapped[str] = mapped_column(Text, default="")  # why, in words; never a contact
+    status: Mapped[str] = mapped_column(String(8), default="open")  # open | taken | done
+    operator: Mapped[str | None] = mapped_column(String(120))
+    outcome: Mapped[str | None] = mapped_column(String(16))  # rebooked | refunded | no-answer | other
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    taken_at: Mapped[datetime | None]
+    done_at: Mapped[datetime | None]
+
+
+class SatisfactionRequest(Base):
+    """The one "how did we do, 1-5?" message a customer gets after a disruption is resolved, and the score.
+    One per customer and disrupted sailing, whichever of their bookings or disruptions on it resolved first."""
+
+    __tablename__ = "satisfaction_requests"
+    __table_args__ = (UniqueConstraint("customer_id", "sailing_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    disruption_id: Mapped[int] = mapped_column(ForeignKey("disruptions.id"), index=True)
+    sailing_id: Mapped[int] = mapped_column(ForeignKey("sailings.id"))
+    channel: Mapped[str] = mapped_column(String(8))  # sms | email
+    notification_id: Mapped[int | None] = mapped_column(ForeignKey("notifications.id"))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    score: Mapped[int | None]
+    scored_at: Mapped[datetime | None]
+    score_channel: Mapped[str | None] = mapped_column(String(8))  # sms | email | web
 
 
 class OptOut(Base):

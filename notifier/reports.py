@@ -16,15 +16,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import phonenumbers
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import UsageError
+from .followups import booking_followups
 from .models import (AuditEntry, Booking, Customer, CustomerResponse, Disruption, Notification, Offer, Port,
                      Route, Sailing, utcnow)
 from .paths import templates_dir
+from .privacy import mask_address, mask_email, mask_name, mask_phone, redact
+from .satisfaction import loop_figures
 
 TOLD_WITHIN_MINUTES = (5, 15, 30)
 EU_DUTY = timedelta(minutes=30)
@@ -64,6 +66,9 @@ class DisruptionFigures:
     eu_duty: str = "n/a"  # met | missed | pending | n/a
     eu_late: int = 0
     minutes_to_tell: list[float] = field(default_factory=list)  # per told booking, for the timeline
+    # Closing the loop (notifier.satisfaction.LoopFigures): settled, settled without a person, follow-ups, time to
+    # settle, satisfaction requests and scores.
+    closing: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times ISO 8601 UTC; the per-booking timeline left out)."""
@@ -162,6 +167,8 @@ def _fill(session: Session, figures: dict[int, DisruptionFigures], now: datetime
         _fill_clocks(figure, affected[disruption_id], reachable[disruption_id], told, chosen[disruption_id])
         if figure.jurisdiction == "EU" and figure.kind in EU_DUTY_KINDS:
             _judge_eu_duty(figure, affected[disruption_id] & passengers, told, now)
+    for disruption_id, loop in loop_figures(session, ids, now).items():
+        figures[disruption_id].closing = loop.to_dict()
 
 
 def _count_status(figure: DisruptionFigures, status: str, count: int) -> None:
@@ -180,7 +187,7 @@ def _count_status(figure: DisruptionFigures, status: str, count: int) -> None:
 
 def failure_reason(code: str | None, message: str | None) -> str:
     """A short label for a failure: the provider's code and the first words of its message."""
-    text = re.sub(r"\s+", " ", message or "").strip()
+    text = re.sub(r"\s+", " ", redact(message)).strip()
     return " ".join(part for part in (code or "", text[:70]) if part) or "unknown"
 
 
@@ -310,37 +317,6 @@ def audit_trail(factory: sessionmaker[Session], since: datetime | None = None, a
 
 # --- the customer-service desk ------------------------------------------------------------------------------------
 
-def mask_phone(number: str | None) -> str:
-    """A phone number fit for a log: country code, the first digits and the last four (+86 138****1234)."""
-    if not number:
-        return "-"
-    try:
-        parsed = phonenumbers.parse(number, None)
-        country, national = f"+{parsed.country_code} ", str(parsed.national_number)
-    except phonenumbers.NumberParseException:
-        country, national = "", re.sub(r"\D", "", number)
-    if len(national) <= 5:
-        return country + "*" * len(national)
-    head = 3 if len(national) >= 10 else 1
-    return f"{country}{national[:head]}{'*' * (len(national) - head - 4)}{national[-4:]}"
-
-
-def mask_email(address: str | None) -> str:
-    """An email address fit for a log: first and last letter of the mailbox, the domain kept (c***9@example.com)."""
-    if not address:
-        return "-"
-    local, _, domain = address.rpartition("@")
-    if not local:
-        return "***"
-    shown = local[0] + "***" + (local[-1] if len(local) > 2 else "")
-    return f"{shown}@{domain}"
-
-
-def mask_address(channel: str, address: str | None) -> str:
-    """A recipient address masked for its channel."""
-    return mask_phone(address) if channel == "sms" else mask_email(address)
-
-
 @dataclass
 class BookingCard:
     """One booking as the customer-service desk sees it: contacts masked."""
@@ -351,6 +327,7 @@ class BookingCard:
     notices: list[dict[str, Any]]
     offers: list[dict[str, Any]]
     choices: list[dict[str, Any]]
+    followups: list[dict[str, Any]] = field(default_factory=list)
 
 
 def booking_card(factory: sessionmaker[Session], ref: str) -> BookingCard:
@@ -366,16 +343,17 @@ def booking_card(factory: sessionmaker[Session], ref: str) -> BookingCard:
             booking={"ref": booking.ref, "kind": booking.kind, "status": booking.status,
                      "space_class": booking.space_class, "places": booking.places, "vehicles": booking.vehicles,
                      "fare_paid": f"{booking.fare_paid} {booking.currency}"},
-            customer={"ref": customer.ref, "name": customer.name, "language": customer.language,
+            customer={"ref": customer.ref, "name": mask_name(customer.name), "language": customer.language,
                       "phone": mask_phone(customer.phone), "email": mask_email(customer.email),
                       "channels": list(customer.channels or [])},
             sailing={"code": sailing.code, "status": sailing.status, "departure": sailing.scheduled_departure,
                      "timezone": zone},
             notices=_booking_notices(session, booking.id), offers=_booking_offers(session, booking.id),
             choices=[{"at": r.received_at, "channel": r.channel, "choice": r.choice, "disruption_id": r.disruption_id,
-                      "text": (r.raw_text or "")[:80]}
+                      "text": redact(r.raw_text)[:80], "decision": r.decision_key is not None}
                      for r in session.scalars(select(CustomerResponse).where(CustomerResponse.booking_id == booking.id)
-                                              .order_by(CustomerResponse.received_at))])
+                                              .order_by(CustomerResponse.received_at))],
+            followups=booking_followups(session, booking.id))
 
 
 def _booking_notices(session: Session, booking_id: int) -> list[dict[str, Any]]:

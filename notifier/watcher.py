@@ -5,6 +5,9 @@ The leader runs APScheduler 3 jobs whose definitions live in a SQLAlchemy job st
 something new came in), run the pipeline (rules -> disruptions -> planning) on a slower beat as a safety net,
 dispatch the outbox every tick, and do the housekeeping: expire held places, apply the no-answer defaults,
 expire finished disruptions, warn ops about silent feeds, and queue ops a summary of every automatic broadcast.
+Closing the loop, on the housekeeping beat: remind customers who have not chosen (notifier.reminders), keep the
+desk's follow-up worklist current (notifier.followups), ask resolved disruptions' customers for a score
+(notifier.satisfaction), and read email replies over IMAP when `imap_host` is set (notifier.inbound_email).
 
 Leadership: on PostgreSQL a session advisory lock (`pg_try_advisory_lock`) held on a dedicated connection: it
 goes the moment the leader's connection does. Elsewhere a `locks` row with a lease the leader renews every
@@ -360,6 +363,10 @@ class Watcher:
         specs = [JobSpec("dispatch", "dispatch", tick), JobSpec("pipeline", "pipeline",
                                                                 self.settings.watcher_pipeline_seconds),
                  JobSpec("housekeeping", "housekeeping", self.settings.watcher_housekeeping_seconds)]
+        specs += [JobSpec(name, name, self.settings.watcher_housekeeping_seconds)
+                  for name in ("reminders", "followups", "satisfaction")]
+        if self.settings.imap_host:
+            specs.append(JobSpec("inbound_email", "inbound_email", self.settings.watcher_housekeeping_seconds))
         specs += [JobSpec(f"poll:{source.name}", "poll", source.poll_seconds, source.name)
                   for source in self.settings.feeds]
         return [spec for spec in specs if self.jobs is None or spec.name in self.jobs]
@@ -401,7 +408,8 @@ class Watcher:
         """Run one job; an error is logged and the job runs again at its next time, never a crash."""
         try:
             done = {"dispatch": self._dispatch, "pipeline": self._pipeline, "housekeeping": self._housekeeping,
-                    "poll": self._poll}[name](argument) or {}
+                    "poll": self._poll, "reminders": self._reminders, "followups": self._followups,
+                    "satisfaction": self._satisfaction, "inbound_email": self._inbound_email}[name](argument) or {}
         except Exception as exc:  # noqa: BLE001 - one failing job must not stop the others
             log.exception("watcher job %s failed", name)
             done = {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -427,6 +435,29 @@ class Watcher:
 
     def _housekeeping(self, _: str | None) -> dict[str, Any]:
         return housekeeping(self.factory, self.settings, self.clock())
+
+    def _reminders(self, _: str | None) -> dict[str, Any]:
+        from .reminders import queue_reminders
+
+        return {"queued": queue_reminders(self.factory, self.settings, self.clock())}
+
+    def _followups(self, _: str | None) -> dict[str, Any]:
+        from .followups import refresh
+
+        with transaction(self.factory) as session:
+            raised = refresh(session, self.settings, self.clock())
+        return {"raised": sum(raised.values()), **raised}
+
+    def _satisfaction(self, _: str | None) -> dict[str, Any]:
+        from .satisfaction import queue_requests
+
+        return {"requested": queue_requests(self.factory, self.settings, self.clock())}
+
+    def _inbound_email(self, _: str | None) -> dict[str, Any]:
+        from .inbound_email import poll_imap
+
+        result = poll_imap(self.factory, self.settings, self.clock())
+        return {"read": result.read, **result.outcomes}
 
     def _poll(self, name: str | None) -> dict[str, Any]:
         from .polling import poll_source

@@ -4,11 +4,12 @@ GET /c/<token> only shows: the disruption, the offers with one button each, the 
 without an answer, or the choice already recorded. Mail scanners and link previews open links, so only a POST
 decides, and a POST must carry a form token signed for that very link (CSRF) and come from our own origin.
 Personal pages are never cached, never framed, load nothing from elsewhere and send no referrer off-site.
+A flood of POSTs is refused with 429 and Retry-After, per link and per client address (notifier.throttle).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import math
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -32,11 +33,12 @@ from .offers import held_places
 from .paths import templates_dir
 from .responses import (ChoiceRefused, choice_keys, current_offers, decision_of, default_policy, offer_deadline,
                         record_choice, sailing_view)
+from .throttle import ChoiceThrottle
 
 PAGE_LANGUAGES = ("zh-CN", "en")
 FORM_MAX_AGE_SECONDS = 24 * 3600
 REFUSAL_STATUS = {"already_chosen": 409, "full": 409, "expired": 410, "unknown_option": 400, "bad_form": 400,
-                  "no_offers": 404, "invalid": 404}
+                  "no_offers": 404, "invalid": 404, "too_many": 429, "too_large": 413}
 CHANNEL_NAMES = {"en": {"web": "this page", "sms": "SMS", "email": "email", "default": "the deadline rule",
                         "agent": "our agent"},
                  "zh-CN": {"web": "本页面", "sms": "短信", "email": "邮件", "default": "逾期规则", "agent": "客服"}}
@@ -56,15 +58,22 @@ def create_app(settings: Settings, factory: sessionmaker[Session] | None = None,
     app = Flask("notifier.web", static_folder=None)
     app.config.update(NOTIFIER_SETTINGS=settings, NOTIFIER_FACTORY=factory, NOTIFIER_CLOCK=clock or utcnow,
                       SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=64 * 1024)
-    app.register_blueprint(choice_pages)
-    if importlib.util.find_spec("notifier.webhooks") is not None:
-        from .webhooks import webhooks
+    app.extensions["notifier_throttle"] = ChoiceThrottle(settings.choice_posts_per_minute_per_link,
+                                                         settings.choice_posts_per_minute_per_address,
+                                                         settings.trusted_proxies)
+    from .inbound_email import inbound_email
+    from .satisfaction import satisfaction_pages
+    from .webhooks import webhooks
 
-        app.register_blueprint(webhooks)
+    app.register_blueprint(choice_pages)
+    app.register_blueprint(webhooks)
+    app.register_blueprint(satisfaction_pages)
+    app.register_blueprint(inbound_email)
     app.before_request(_new_nonce)
     app.after_request(_security_headers)
-    for status in (404, 405, 413):
+    for status in (404, 405):
         app.register_error_handler(status, _not_a_page)
+    app.register_error_handler(413, _too_large)
     return app
 
 
@@ -123,6 +132,10 @@ def _problem(reason: str, languages: tuple[str, ...] = PAGE_LANGUAGES, back_url:
 
 def _not_a_page(_error: Exception) -> Response:
     return _problem("invalid")
+
+
+def _too_large(_error: Exception) -> Response:
+    return _problem("too_large")
 
 
 def _page_language(customer_language: str) -> str:
@@ -202,6 +215,12 @@ def show_choice(token: str) -> Response:
 @choice_pages.post("/c/<token>")
 def take_choice(token: str) -> Response:
     """Record the customer's choice, then show it (303 to the GET page); a refusal changes nothing."""
+    wait = current_app.extensions["notifier_throttle"].wait(token, request.remote_addr,
+                                                            request.headers.get("X-Forwarded-For"))
+    if wait:
+        refused = _problem("too_many")
+        refused.headers["Retry-After"] = str(math.ceil(wait))
+        return refused
     link = _read_link(token)
     if isinstance(link, Response):
         return link

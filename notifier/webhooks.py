@@ -7,13 +7,15 @@ Register it on any Flask app, with the settings and the session factory under ex
     app.register_blueprint(webhooks)
 
 Routes:
-- POST /twilio/status: delivery receipts. Each one is logged as a delivery attempt; the notification moves
-  forward only (queued -> sent -> delivered / undelivered / failed): a late, repeated or per-segment callback
-  never turns a failure back into an earlier state. Undelivered or failed plans the fallback on the other
-  channel. Receipts find their row by the `n` query parameter the dispatcher puts in the StatusCallback URL, so
-  a receipt that beats our own write of the Message SID still lands.
+- POST /twilio/status: delivery receipts. Each distinct one is logged as a delivery attempt (an identical copy,
+  retried by Twilio or replayed by anyone, is ignored); the notification moves forward only (queued -> sent ->
+  delivered / undelivered / failed): a late, repeated or per-segment callback never turns a failure back into an
+  earlier state. Undelivered or failed plans the fallback on the other channel. Receipts find their row by the
+  `n` query parameter the dispatcher puts in the StatusCallback URL, so a receipt that beats our own write of the
+  Message SID still lands.
 - POST /twilio/inbound: STOP / STOPALL / UNSUBSCRIBE / CANCEL / END / QUIT / 退订 / TD record an opt-out,
-  START / UNSTOP lift it, HELP / INFO get the help text; any other text goes to
+  START / UNSTOP lift it, HELP / INFO get the help text (and go on the follow-up worklist); a 1-5 score
+  answering a satisfaction request is recorded by `notifier.satisfaction`; any other text goes to
   `notifier.responses.handle_sms_reply`. The answer is TwiML.
 - GET /unsubscribe/<token> shows a confirm button; POST (the RFC 8058 one-click from the List-Unsubscribe-Post
   header, or the button) records the email opt-out. A GET never unsubscribes: mail scanners open links.
@@ -39,9 +41,12 @@ from .config import Settings
 from .db import transaction
 from .dispatch import OPTED_OUT_CODE, mark_sent
 from .fallback import plan_fallback
+from .followups import record_help
 from .models import DeliveryAttempt, Notification, utcnow
-from .optouts import (UnsubscribeLinkError, keyword, language_of, lift_opt_out, mask, read_unsubscribe_token,
+from .optouts import (UnsubscribeLinkError, keyword, language_of, lift_opt_out, read_unsubscribe_token,
                       record_opt_out, reply)
+from .privacy import mask_contact, redact
+from .satisfaction import answer_sms_score
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +122,15 @@ def _receipt_row(session: Session, notification_id: int | None, sid: str) -> Not
 
 def apply_receipt(session: Session, notification: Notification, sid: str, status: str, code: str | None,
                   settings: Settings, now: datetime, error_message: str | None = None) -> str:
-    """Record one receipt and move the notification forward if it says something newer; returns the status."""
+    """Record one receipt and move the notification forward if it says something newer; returns the status.
+    A receipt identical to one already recorded (Twilio retrying its webhook, or a replayed request: the signature
+    has no timestamp, so a copy is valid for ever) is ignored."""
+    if _already_recorded(session, notification.id, sid, status, code):
+        return notification.status
     session.add(DeliveryAttempt(notification_id=notification.id, attempt_no=notification.attempts, started_at=now,
                                 finished_at=now, outcome="callback", provider_id=sid or None,
                                 provider_status=status[:16] or None, error_code=code,
-                                error_message=error_message))
+                                error_message=redact(error_message) if error_message else None))
     step = TWILIO_STEPS.get(status)
     if step is None or notification.status in UNTOUCHABLE:
         return notification.status
@@ -147,6 +156,15 @@ def apply_receipt(session: Session, notification: Notification, sid: str, status
     return notification.status
 
 
+def _already_recorded(session: Session, notification_id: int, sid: str, status: str, code: str | None) -> bool:
+    found = session.scalar(select(DeliveryAttempt.id).where(
+        DeliveryAttempt.notification_id == notification_id, DeliveryAttempt.outcome == "callback",
+        DeliveryAttempt.provider_id.is_(None) if not sid else DeliveryAttempt.provider_id == sid,
+        DeliveryAttempt.provider_status.is_(None) if not status else DeliveryAttempt.provider_status == status[:16],
+        DeliveryAttempt.error_code.is_(None) if code is None else DeliveryAttempt.error_code == code).limit(1))
+    return found is not None
+
+
 @webhooks.post("/twilio/inbound")
 def twilio_inbound() -> Response:
     """An SMS from a customer: opt-out keywords, HELP, or an answer for the responses module."""
@@ -160,6 +178,8 @@ def twilio_inbound() -> Response:
             record_opt_out(session, "sms", phone, "sms_stop", actor="inbound-sms")
         elif word == "start":
             lift_opt_out(session, "sms", phone)
+        elif word == "help":
+            record_help(session, phone, body, _now())
     if word is not None:
         return _twiml(reply(settings, word, language))
     return _twiml(_answer_reply(settings, phone, body, language))
@@ -172,9 +192,11 @@ def _answer_reply(settings: Settings, phone: str, body: str, language: str) -> s
         return reply(settings, "help", language)
     try:
         with transaction(_factory()) as session:
-            return responses.handle_sms_reply(session, settings, phone, body)
+            now = _now()
+            thanks = answer_sms_score(session, settings, phone, body, now)
+            return thanks if thanks is not None else responses.handle_sms_reply(session, settings, phone, body, now)
     except Exception:  # noqa: BLE001 - the customer still gets an answer; the error goes to the log
-        log.exception("the SMS reply from %s could not be handled", mask(phone))
+        log.exception("the SMS reply from %s could not be handled", mask_contact(phone))
         return reply(settings, "help", language)
 
 

@@ -147,7 +147,8 @@ def test_a_warning_polled_by_the_watcher_reaches_customers_and_ops(factory, tmp_
     assert feed_server.count("/alerts/typhoon.xml") == 1
     with factory() as session:  # the schedule lives in the notifier database, for whichever watcher leads next
         jobs = set(session.scalars(text("SELECT id FROM apscheduler_jobs")))
-    assert jobs == {"dispatch", "pipeline", "housekeeping", "poll:hainan-cap"}
+    assert jobs == {"dispatch", "pipeline", "housekeeping", "reminders", "followups", "satisfaction",
+                    "poll:hainan-cap"}
 
 
 def test_ops_hear_once_about_a_feed_that_went_silent(factory, tmp_settings, relay):

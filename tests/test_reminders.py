@@ -1,0 +1,163 @@
+"""Reminders: one, before the offer deadline, to customers who have not chosen; on the other channel when the
+notice never arrived; never after a choice, an opt-out or the deadline; run by the watcher and announced in the
+broadcast's preview."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import timedelta
+
+from click.testing import CliRunner
+from sqlalchemy import func, select, update
+
+from cli import main
+from notifier.console import reminder_lines
+from notifier.db import transaction
+from notifier.models import Booking, Broadcast, Customer, Notification, Offer
+from notifier.optouts import record_opt_out
+from notifier.reminders import planned_reminders, queue_reminders
+from notifier.responses import handle_sms_reply
+from notifier.watcher import Watcher
+from tests.conftest import DEMO_NOW
+from tests.test_closing_the_loop import role_phone, typhoon, typhoon_template  # noqa: F401
+
+
+def deadline_of(factory):
+    with factory() as session:
+        return session.scalar(select(func.min(Offer.deadline)))
+
+
+def reminders(factory) -> dict[int, tuple[str, str]]:
+    """booking -> (channel, recipient) of every reminder in the outbox."""
+    with factory() as session:
+        return {b: (c, r) for b, c, r in session.execute(
+            select(Notification.booking_id, Notification.channel, Notification.recipient)
+            .where(Notification.purpose == "reminder"))}
+
+
+def test_an_undelivered_sms_brings_the_reminder_by_email_once(typhoon, tmp_settings):
+    factory, _, roles = typhoon
+    booking_id = roles["unreachable"]  # told by SMS only: no email at the time
+    with transaction(factory) as session:
+        session.execute(update(Notification).where(Notification.booking_id == booking_id,
+                                                   Notification.channel == "sms")
+                        .values(status="undelivered", error_code="30003"))
+        customer = session.get(Customer, session.get(Booking, booking_id).customer_id)
+        customer.email = "Found.Later@Example.com"  # the desk found an email address meanwhile
+    due = deadline_of(factory) - timedelta(minutes=tmp_settings.reminder_lead_minutes)
+
+    queued = queue_reminders(factory, tmp_settings, due)
+
+    assert queued > 0
+    assert reminders(factory)[booking_id] == ("email", "Found.Later@example.com")
+    assert queue_reminders(factory, tmp_settings, due + timedelta(minutes=30)) == 0
+    assert len(reminders(factory)) == queued
+
+
+def test_no_reminder_after_a_choice_an_opt_out_or_the_deadline(typhoon, tmp_settings):
+    factory, _, roles = typhoon
+    deadline = deadline_of(factory)
+    with transaction(factory) as session:
+        handle_sms_reply(session, tmp_settings, role_phone(0), "R", now=DEMO_NOW + timedelta(hours=1))
+        record_opt_out(session, "sms", role_phone(5), "sms_stop")
+        record_opt_out(session, "email", "silent@example.com", "unsubscribe")
+
+    assert queue_reminders(factory, tmp_settings, deadline + timedelta(minutes=1)) == 0
+    queue_reminders(factory, tmp_settings, deadline - timedelta(minutes=10))
+
+    sent = reminders(factory)
+    assert roles["chooses"] not in sent and roles["silent"] not in sent
+    assert sent[roles["writes"]][0] == "sms"
+
+
+def test_no_reminder_while_the_notice_is_on_its_way_or_was_just_sent(typhoon, tmp_settings):
+    factory, _, roles = typhoon
+    due = deadline_of(factory) - timedelta(minutes=60)
+    with transaction(factory) as session:
+        session.execute(update(Notification).where(Notification.booking_id == roles["writes"])
+                        .values(status="queued", sent_at=None))
+        session.execute(update(Notification).where(Notification.booking_id == roles["silent"])
+                        .values(sent_at=due - timedelta(minutes=5)))
+
+    queue_reminders(factory, tmp_settings, due)
+
+    sent = reminders(factory)
+    assert roles["writes"] not in sent and roles["silent"] not in sent and roles["sms_lost"] in sent
+    queue_reminders(factory, tmp_settings, due + timedelta(minutes=tmp_settings.min_notice_interval_minutes))
+    assert roles["silent"] in reminders(factory) and roles["writes"] not in reminders(factory)
+
+
+def test_the_lead_time_is_configurable_and_zero_means_no_reminders(typhoon, tmp_settings):
+    factory, _, _ = typhoon
+    deadline = deadline_of(factory)
+    hour_before = replace(tmp_settings, reminder_lead_minutes=60)
+
+    assert queue_reminders(factory, hour_before, deadline - timedelta(minutes=90)) == 0
+    off = replace(tmp_settings, reminder_lead_minutes=0)
+    assert queue_reminders(factory, off, deadline - timedelta(minutes=5)) == 0
+    assert queue_reminders(factory, hour_before, deadline - timedelta(minutes=55)) > 0
+
+
+def test_reminders_name_the_options_and_the_deadline_in_the_customers_language(typhoon, tmp_settings):
+    factory, _, roles = typhoon
+    with transaction(factory) as session:
+        session.execute(update(Notification).where(Notification.booking_id == roles["sms_lost"],
+                                                   Notification.channel == "sms").values(status="failed"))
+    queue_reminders(factory, tmp_settings, deadline_of(factory) - timedelta(minutes=30))
+    with factory() as session:
+        texts = {n.booking_id: n for n in session.scalars(select(Notification).where(
+            Notification.purpose == "reminder", Notification.booking_id.in_(roles.values())))}
+        refs = {b: session.get(Booking, b).ref for b in texts}
+
+    chinese, english, english_sms = texts[roles["silent"]], texts[roles["sms_lost"]], texts[roles["unreachable"]]
+    assert chinese.language == "zh-CN" and chinese.channel == "sms"
+    assert chinese.body_text.startswith("【海峡轮渡】提醒：订单" + refs[roles["silent"]])
+    assert "前选择：回复1改乘" in chinese.body_text and "回复R退票" in chinese.body_text
+    assert "https://ferry.example/c/" in chinese.body_text and chinese.segments <= 3
+    assert english.channel == "email" and english.subject.startswith("Reminder: please choose by ")
+    assert re.search(r"  1\. Travel on .+ - a place is held for you", english.body_text)
+    assert "If you do not choose by then, we will move you to the first alternative sailing" in english.body_text
+    assert "Choose now" in english.body_html
+    assert english_sms.body_text.startswith(f"Strait Ferries: reminder for booking {refs[roles['unreachable']]}, ")
+    assert re.search(r"\(cancelled\)\. Please choose by .+: reply 1 for .+, R for a refund of .+\.\n"
+                     r"https://ferry\.example/c/", english_sms.body_text)
+
+
+def test_the_preview_says_which_reminders_a_broadcast_leads_to(typhoon, tmp_settings):
+    factory, _, _ = typhoon
+    with factory() as session:
+        broadcast_id = session.scalar(select(Broadcast.id).order_by(Broadcast.id))
+        told = session.scalar(select(func.count(func.distinct(Notification.booking_id)))
+                              .where(Notification.broadcast_id == broadcast_id))
+        plan = planned_reminders(session, broadcast_id, tmp_settings, now=DEMO_NOW + timedelta(minutes=5))
+        later = planned_reminders(session, broadcast_id, tmp_settings, now=deadline_of(factory))
+    assert plan["bookings"] == told and plan["queued"] == 0 and plan["timezone"] == "Asia/Shanghai"
+    assert plan["first_due"] == plan["last_due"] == "2026-09-14 17:00"  # the 20:00 deadline (local), 3 h before
+    assert reminder_lines(plan) == [
+        f"Reminders: one each to the {told} booking(s) still without a choice, 180 min before their deadline "
+        "(2026-09-14 17:00 Asia/Shanghai); on the other channel where the notice failed; none after a choice, an "
+        "opt-out or the deadline; 0 queued so far"]
+    assert later["bookings"] == 0 and reminder_lines(later)[0].startswith("Reminders: none to come")
+
+    # The preview as a duty officer reads it (today, long after the demo typhoon's deadline).
+    shown = CliRunner().invoke(main, ["broadcast", "preview", str(broadcast_id)],
+                               env={"NOTIFIER_CONFIG": "", "NOTIFIER_DATABASE_URL": tmp_settings.database_url})
+    assert shown.exit_code == 0, shown.output
+    assert "Reminders: none to come (no booking has a choice still to make)" in shown.output
+
+
+def test_the_watcher_runs_reminders_worklist_and_satisfaction(typhoon, tmp_settings):
+    factory, _, _ = typhoon
+    due = deadline_of(factory) - timedelta(minutes=60)
+    watcher = Watcher(tmp_settings, owner="test:1", clock=lambda: due)
+    try:
+        assert {"reminders", "followups", "satisfaction"} <= {spec.name for spec in watcher.job_specs()}
+        assert "inbound_email" not in {spec.name for spec in watcher.job_specs()}
+        for job in ("reminders", "followups", "satisfaction"):
+            watcher.run_job(job, None)
+    finally:
+        watcher.engine.dispose()
+    assert watcher.details["reminders"]["queued"] == len(reminders(factory)) > 0
+    assert "error" not in watcher.details["followups"] and watcher.details["satisfaction"] == {
+        "at": due.isoformat(), "requested": 0}
