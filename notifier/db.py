@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import NotifierError
+from .logs import guard_library_loggers
 
 
 class DatabaseError(NotifierError):
@@ -20,9 +21,10 @@ class DatabaseError(NotifierError):
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and a busy timeout, PostgreSQL a checked pool."""
-    # Statement parameters are phone numbers, email addresses and names: keep them out of SQL logging and out of
-    # the text of database errors, which reach logs and the CLI.
+    # Statement parameters and result rows are phone numbers, email addresses and names: keep them out of SQL
+    # logging (at any level) and out of the text of database errors, which reach logs and the CLI.
     kwargs.setdefault("hide_parameters", True)
+    guard_library_loggers()
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 

@@ -23,6 +23,13 @@ already departed) -> `expired`, never sent late; opted out (per Settings.safety_
 the customer no longer accepts -> `suppressed`. Notices of paused, cancelled or unapproved broadcasts are not
 claimed. Retries back off exponentially with full jitter and never sooner than the provider's Retry-After.
 
+The database may go away too (a dropped connection, a server restart, a disk turned read-only): each round's
+transaction is rolled back and tried again for up to Settings.db_retry_seconds, then the run stops with one clear
+DatabaseError. Nothing is half-recorded: a notice is `sent` together with its attempt row or not at all, and what
+was handed to a channel in a lost round stays `sending` under its lease and is looked up before any resend. A
+drain also settles every lease that has run out (each once per run), so one `notifier dispatch --once` after a
+crash finishes what the crashed run left.
+
 The watcher keeps one `Dispatcher` and calls `run(drain=True)` each tick, so pacing carries over between ticks.
 """
 
@@ -49,11 +56,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, insert, null, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .channels.base import Channel, Message, SendResult, cost
 from .config import ConfigError, Settings
-from .db import is_postgres, transaction
+from .db import DatabaseError, is_postgres, transaction
 from .fallback import plan_fallback
 from .models import Broadcast, Customer, DeliveryAttempt, Disruption, Notification, OptOut, Sailing, utcnow
 from .optouts import may_send, record_opt_out, unsubscribe_url
@@ -70,6 +78,8 @@ RECORD_BATCH = 200
 IN_FLIGHT_PER_THREAD = 4  # claimed ahead per sending thread, so claims and records come in batches
 GATHER_SECONDS = 0.05  # how long to gather finished sends into one transaction
 OPTED_OUT_CODE = "21610"
+DB_RETRY_FIRST_SECONDS = 0.2  # a dropped database connection is tried again after this, doubling ...
+DB_RETRY_MAX_SECONDS = 5.0  # ... up to this, for Settings.db_retry_seconds in all
 
 
 @dataclass
@@ -450,6 +460,8 @@ class Dispatcher:
         self._gone_since: dict[str, float] = {}  # lease owners seen dead, and since when
         self.stopping = threading.Event()  # claim nothing more; finish what is in flight
         self.abandon = threading.Event()  # do not even wait for send slots any more
+        self.database_lost = False  # set once the database stayed away for db_retry_seconds
+        self._looked_up: set[int] = set()  # notices looked up with the provider during this run
         self.stats = DispatchStats()
 
     def _capacity(self, kind: str) -> int:
@@ -476,6 +488,8 @@ class Dispatcher:
         """Send until nothing is due and nothing is in flight (drain), or until `request_stop` (not drain)."""
         poll = max(0.05, self.settings.dispatch_poll_seconds)
         next_sweep = 0.0
+        self.database_lost = False
+        self._looked_up.clear()
         while True:
             if monotonic() >= next_sweep and not self.stopping.is_set():
                 self._reconcile_expired()
@@ -483,6 +497,8 @@ class Dispatcher:
             done = self._collect(poll)
             claimed = self._step(done)
             if not done and claimed == 0 and self._busy() == 0:
+                if drain and not self.stopping.is_set() and self._reconcile_expired(not_again=True):
+                    continue  # a drain also settles every lapsed lease (a crash left many), each once
                 if self.stopping.is_set() or drain:
                     return self.stats
                 self.stopping.wait(poll)
@@ -493,7 +509,10 @@ class Dispatcher:
         self.request_abandon()
         for pool in self.pools.values():
             pool.shutdown(wait=True)
-        self._step(self._collect(0.0))
+        try:
+            self._step(self._collect(0.0))
+        except DatabaseError as exc:  # already reported by `run`; the rows it could not record are reconciled later
+            log.warning("dispatcher: %s", exc)
 
     # one transaction per round: record what finished, claim what fits
 
@@ -532,6 +551,13 @@ class Dispatcher:
         room = self._claimable()
         if not done and not room:
             return 0
+        work = self._with_database(self._record_and_claim, done, room)
+        self.stats.claimed += len(work)
+        for message, lease_end, attempt in work:
+            self._submit(message.channel, self._send, message, lease_end, attempt)
+        return len(work)
+
+    def _record_and_claim(self, done: list[_Done], room: dict[str, int]) -> list[tuple[Message, datetime, int]]:
         now = self.clock()
         work = []
         with transaction(self.factory) as session:
@@ -551,17 +577,51 @@ class Dispatcher:
                 if len(claimed) < free:
                     self._dry_until[kind] = monotonic() + max(0.05, self.settings.dispatch_poll_seconds)
                 work += [(to_message(n, self.settings, now), n.lease_expires_at, n.attempts) for n in claimed]
-        self.stats.claimed += len(work)
-        for message, lease_end, attempt in work:
-            self._submit(message.channel, self._send, message, lease_end, attempt)
-        return len(work)
+        return work
+
+    def _with_database(self, unit: Callable[..., Any], *args: object) -> Any:
+        """Run one unit of work (its own transaction); while the database refuses it (connection dropped, server
+        restarting, disk read-only or full), roll back and try again for up to Settings.db_retry_seconds, then stop
+        with DatabaseError. A rolled-back round leaves no notice half-recorded: what it had sent stays `sending`
+        under our lease and is checked with the provider before any resend."""
+        give_up_at = monotonic() + (0.0 if self.database_lost else self.settings.db_retry_seconds)
+        delay = DB_RETRY_FIRST_SECONDS
+        while True:
+            before = dataclasses.replace(self.stats, by_channel=dict(self.stats.by_channel))
+            try:
+                return unit(*args)
+            except (OperationalError, InterfaceError) as exc:
+                self._restore_stats(before)
+                reason = _database_reason(exc)
+                if monotonic() + delay <= give_up_at:
+                    log.warning("dispatcher: the database failed (%s); trying again in %.1f s", reason, delay)
+                    if not self.abandon.wait(delay):  # a second SIGTERM stops the waiting
+                        delay = min(delay * 2, DB_RETRY_MAX_SECONDS)
+                        continue
+                self.database_lost = True
+                raise DatabaseError(
+                    f"dispatch stopped: the database is unavailable ({reason}); messages handed to a channel but "
+                    "not yet recorded stay 'sending' and are checked with the provider before any resend; run "
+                    "`notifier dispatch` again once the database is back") from None
+
+    def _restore_stats(self, before: DispatchStats) -> None:
+        for name in before.__dataclass_fields__:
+            setattr(self.stats, name, getattr(before, name))
 
     # reconciling
 
-    def _reconcile_expired(self) -> int:
+    def _reconcile_expired(self, not_again: bool = False) -> int:
         room = {kind: self.capacity[kind] - self.in_flight[kind] for kind in self.channels}
         if not any(free > 0 for free in room.values()):
             return 0
+        stale = self._with_database(self._take_stale, room, self._looked_up if not_again else set())
+        self._looked_up.update(message.notification_id for message in stale)
+        for message in stale:
+            self._submit(message.channel, self._lookup, message)
+        return len(stale)
+
+    def _take_stale(self, room: dict[str, int], skip: set[int]) -> list[Message]:
+        room = dict(room)
         now = self.clock()
         with self.factory() as session:  # a plain read first: most sweeps find nothing and need no write lock
             owners = set(session.scalars(select(Notification.lease_owner).distinct().where(
@@ -570,13 +630,15 @@ class Dispatcher:
                 Notification.status == "sending", Notification.lease_expires_at < now).limit(1)) is not None
         gone = self._gone_owners(owners)
         if not expired and not gone:
-            return 0
+            return []
         with transaction(self.factory) as session:
             query = (select(Notification).where(Notification.status == "sending",
                                                 or_(Notification.lease_expires_at < now,
                                                     Notification.lease_owner.in_(gone)),
                                                 Notification.channel.in_(list(self.channels)))
                      .order_by(Notification.priority, Notification.id).limit(max(room.values())))
+            if skip:
+                query = query.where(Notification.id.not_in(list(skip)))
             if is_postgres(session):
                 query = query.with_for_update(skip_locked=True, of=Notification)
             stale = []
@@ -588,9 +650,7 @@ class Dispatcher:
                 notification.lease_owner = self.owner
                 notification.lease_expires_at = now + timedelta(seconds=self.settings.lease_seconds)
                 stale.append(to_message(notification, self.settings, now))
-        for message in stale:
-            self._submit(message.channel, self._lookup, message)
-        return len(stale)
+        return stale
 
     def _gone_owners(self, owners: set[str]) -> list[str]:
         # A dead worker's requests may still be finishing at the provider: wait one provider timeout after we
@@ -659,6 +719,11 @@ class Dispatcher:
                          item.result.status, redact(item.result.reason))
             record_outcome(session, notification, item.result, self.settings, now, item.started, self.owner,
                            self.stats)
+
+
+def _database_reason(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def dispatch_all(factory: sessionmaker[Session], settings: Settings, channels: dict[str, Channel]

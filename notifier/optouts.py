@@ -22,6 +22,7 @@ from . import NotifierError, audit
 from .config import Settings
 from .db import insert_ignore
 from .models import Customer, OptOut
+from .privacy import mask_contact
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订", "TD"}
 START_WORDS = {"START", "UNSTOP"}
@@ -62,7 +63,7 @@ def record_opt_out(session: Session, channel: str, address: str, source: str, ac
                                [{"channel": channel, "address": address, "source": source}]).rowcount
     if inserted:
         audit.record(session, actor, "optout.recorded", "opt_out", None, channel=channel, source=source,
-                     address=mask(address))
+                     address=mask_contact(address))
     return bool(inserted)
 
 
@@ -70,7 +71,7 @@ def lift_opt_out(session: Session, channel: str, address: str, actor: str = "inb
     """The customer opted in again (START); True when there was an opt-out to lift."""
     removed = session.execute(delete(OptOut).where(OptOut.channel == channel, OptOut.address == address)).rowcount
     if removed:
-        audit.record(session, actor, "optout.lifted", "opt_out", None, channel=channel, address=mask(address))
+        audit.record(session, actor, "optout.lifted", "opt_out", None, channel=channel, address=mask_contact(address))
     return bool(removed)
 
 
@@ -122,11 +123,3 @@ def unsubscribe_url(settings: Settings, address: str) -> str:
     if settings.secret_key:
         return f"{settings.public_base_url.rstrip('/')}/unsubscribe/{unsubscribe_token(settings.secret_key, address)}"
     return f"mailto:{settings.smtp_from}?subject=unsubscribe"
-
-
-def mask(address: str) -> str:
-    """An address safe for logs and the audit: +8613*****678, a***@example.com."""
-    if "@" in address:
-        local, _, domain = address.partition("@")
-        return f"{local[:1]}***@{domain}"
-    return address[:5] + "*" * max(0, len(address) - 8) + address[-3:] if len(address) > 8 else "***"

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import NotifierError
-from .config import FeedSource, Settings
+from .config import FeedSource, Settings, mask_url
 from .db import transaction
 from .feeds import FeedParseError, Observation
 from .feeds.fetch import FeedFetchError, FetchResult, fetch
@@ -80,7 +80,8 @@ def poll_source(factory: sessionmaker[Session], source: FeedSource, settings: Se
     memory = _remember(factory, source.name)
     try:
         fetched = fetch(source.url, etag=memory.etag, last_modified=memory.last_modified,
-                        timeout=settings.fetch_timeout_seconds, max_bytes=settings.fetch_max_bytes, session=http)
+                        timeout=settings.fetch_timeout_seconds, max_bytes=settings.fetch_max_bytes, session=http,
+                        deadline=settings.fetch_deadline_seconds)
         if fetched.status != 304:
             memory = _read_and_store(factory, source, settings, fetched, memory, result, http, now)
         _record_success(factory, source.name, now, fetched, memory)
@@ -139,7 +140,7 @@ def _read_index(factory: sessionmaker[Session], source: FeedSource, settings: Se
             # The entry stays unseen, so the next poll tries it again; the rest of the index goes ahead.
             still_listed[entry.id] = seen.get(entry.id)
             _record_error(factory, source.name, now, f"entry {entry.id}: {exc}")
-            result.errors.append(f"entry {entry.id}: {exc}")
+            result.errors.append(mask_url(f"entry {entry.id}: {exc}"))
     return observations, {k: v for k, v in still_listed.items() if v is not None}
 
 
@@ -148,7 +149,8 @@ def _linked_alert(source: FeedSource, settings: Settings, link: str,
     if not link:
         raise FeedParseError("index entry has no link to its CAP document")
     url = urljoin(source.url, link)
-    document = fetch(url, timeout=settings.fetch_timeout_seconds, max_bytes=settings.fetch_max_bytes, session=http)
+    document = fetch(url, timeout=settings.fetch_timeout_seconds, max_bytes=settings.fetch_max_bytes, session=http,
+                     deadline=settings.fetch_deadline_seconds)
     if document.body is None:
         return []
     return parse_any(document.body, None, source=source.name, filename=url)[1]
@@ -213,6 +215,7 @@ def _record_success(factory: sessionmaker[Session], name: str, now: datetime, fe
 
 
 def _record_error(factory: sessionmaker[Session], name: str, now: datetime, message: str) -> None:
+    message = mask_url(message)  # a feed URL may carry an API key or a password
     log.warning("feed %s: %s", name, message)
     with transaction(factory) as session:
         session.add(FeedError(source=name, at=now, message=message[:ERROR_TEXT_MAX]))
@@ -220,6 +223,7 @@ def _record_error(factory: sessionmaker[Session], name: str, now: datetime, mess
 
 def _fail(factory: sessionmaker[Session], name: str, now: datetime, message: str, result: PollResult) -> None:
     result.outcome = "error"
+    message = mask_url(message)
     result.errors.append(message)
     _record_error(factory, name, now, message)
     with transaction(factory) as session:

@@ -3,6 +3,7 @@ so the whole pipeline runs offline and its output can be read by a person."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -10,6 +11,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
+from typing import BinaryIO
 
 from ..models import utcnow
 from .base import Message, SendResult
@@ -42,25 +44,50 @@ class FileSmsChannel:
                            "at": utcnow().isoformat()}, ensure_ascii=False) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._lock, open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            with self._lock, open(self.path, "ab", buffering=0) as handle:
+                self._append(handle, line.encode("utf-8"))
         except OSError as exc:
             return SendResult.retry("file", f"cannot write the SMS outbox: {exc.strerror}")
         return SendResult.sent(f"file-sms-{message.notification_id}")
 
-    def lookup(self, message: Message) -> list[str]:
-        """This notification's provider id if its line is already in the outbox (crash reconciliation)."""
-        wanted = f'"id": "file-sms-{message.notification_id}"'
+    @staticmethod
+    def _append(handle: BinaryIO, line: bytes) -> None:
+        # A disk that fills up mid-line leaves part of it behind; cut it off again, or the next line would be
+        # glued to it and a half-written notice would pass for a sent one. Unbuffered, so nothing is left in a
+        # buffer to be flushed (and fail again) by the truncation or the close.
+        start = handle.seek(0, os.SEEK_END)
         try:
-            with open(self.path, encoding="utf-8") as handle:
-                return [f"file-sms-{message.notification_id}"] if any(wanted in line for line in handle) else []
+            written = 0
+            while written < len(line):
+                written += handle.write(line[written:]) or 0
+            os.fsync(handle.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                handle.truncate(start)
+            raise
+
+    def lookup(self, message: Message) -> list[str]:
+        """This notification's provider id if its whole line is already in the outbox (crash reconciliation)."""
+        wanted = f"file-sms-{message.notification_id}"
+        quoted = f'"{wanted}"'
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
+                return [wanted] if any(quoted in line and _line_id(line) == wanted for line in handle) else []
         except FileNotFoundError:
             return []
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _line_id(line: str) -> str | None:
+    """The id of one complete outbox line (None for a line cut short)."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        return json.loads(line).get("id")
+    except (ValueError, AttributeError):
+        return None
 
 
 class FileEmailChannel:

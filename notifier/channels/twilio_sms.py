@@ -27,6 +27,8 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from ..config import Settings
+from ..logs import guard_library_loggers
+from ..privacy import redact
 from ..ratelimit import rate_for
 from .base import Message, SendResult
 
@@ -61,6 +63,15 @@ class RedirectingHttpClient(TwilioHttpClient):
     def last_headers(self) -> dict[str, str]:
         """Headers of this thread's last response (empty when it had none)."""
         return getattr(self._last, "headers", {})
+
+    def log_request(self, kwargs: dict) -> None:
+        """One DEBUG line per request, addresses masked: the client's own logs the query (To=<number>) at INFO."""
+        self.logger.debug("Twilio API %s %s%s", kwargs["method"], kwargs["url"],
+                          f" {redact(str(kwargs['params']))}" if kwargs.get("params") else "")
+
+    def log_response(self, status_code: int, response: object) -> None:
+        """The status only (the client's own logs every header at INFO)."""
+        self.logger.debug("Twilio API answered %s", status_code)
 
 
 def retry_after_seconds(headers: dict[str, str], now: datetime | None = None) -> float | None:
@@ -110,6 +121,7 @@ class TwilioSmsChannel:
         self.messaging_service_sid = settings.twilio_messaging_service_sid
         self.sender = self.messaging_service_sid or self.from_number
         self.rate_per_second = rate_for(settings, self.rate_setting, self.sender)
+        guard_library_loggers()  # urllib3 logs each request line, a look-up's To=<number> included
         self.http_client = http_client or RedirectingHttpClient(
             settings.twilio_api_base, settings.provider_timeout_seconds, pool_size=max(2, settings.dispatch_threads))
         self.client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=self.http_client)

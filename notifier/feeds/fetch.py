@@ -3,7 +3,9 @@
 Feeds are untrusted and so are their servers. Every fetch is bounded three ways: each connect and each read has
 a timeout; the body is streamed and abandoned past `max_bytes` (counted after decompression, so a gzip bomb is
 stopped too); and the whole fetch, retries included, must finish within `deadline` seconds, so a server that
-trickles a byte at a time (slow loris), which never trips a read timeout, still cannot hold the watcher.
+trickles a byte at a time (slow loris), which never trips a read timeout, still cannot hold the watcher. When the
+deadline passes, the fetch's sockets are shut down, so the thread blocked reading them ends at once and the
+connection is gone (not held open, thread and all, for as long as the server cares to drip).
 
 Only failures that may pass are retried (connection errors and 5xx answers), with exponential backoff. A 304 to
 a conditional GET is a normal result with no body. `file://` URLs and plain paths are read with the same cap,
@@ -12,7 +14,9 @@ and their modification time serves as Last-Modified, so polling an unchanged fil
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +26,9 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .. import NotifierError, __version__
 from . import MAX_FEED_BYTES
@@ -82,15 +89,69 @@ def _timeouts(timeout: float | tuple[float, float]) -> tuple[float, float]:
 
 # --- HTTP -------------------------------------------------------------------------------------------------------
 
+class _Hangup:
+    """The sockets one fetch opened, so that the caller can cut them when its deadline passes."""
+
+    def __init__(self) -> None:
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+
+    def add(self, sock: socket.socket | None) -> None:
+        """Remember a socket (shut at once if the fetch was already given up)."""
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            if self._cut:
+                _shut(sock)
+
+    def cut(self) -> None:
+        """Shut every socket: a thread blocked reading one wakes up with an error."""
+        with self._lock:
+            self._cut = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _session_with_hangup(hangup: _Hangup) -> requests.Session:
+    # A connection class that hands its socket to `hangup` as soon as it is connected: a server that drips its
+    # headers holds the request before any response object (and its socket) exists.
+    def tracked(base: type[HTTPConnection]) -> type[HTTPConnection]:
+        def connect(self: HTTPConnection) -> None:
+            base.connect(self)
+            hangup.add(self.sock)
+
+        return type(f"Tracked{base.__name__}", (base,), {"connect": connect})
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {
+                "http": type("TrackedPool", (HTTPConnectionPool,), {"ConnectionCls": tracked(HTTPConnection)}),
+                "https": type("TrackedTLSPool", (HTTPSConnectionPool,), {"ConnectionCls": tracked(HTTPSConnection)})}
+
+    session = requests.Session()
+    session.mount("http://", Adapter())
+    session.mount("https://", Adapter())
+    return session
+
+
 def _fetch_http(url: str, headers: dict[str, str], timeouts: tuple[float, float], max_bytes: int,
                 session: requests.Session | None, attempts: int, backoff: float, deadline: float) -> FetchResult:
     give_up_at = time.monotonic() + deadline
     own_session = session is None
-    session = session or requests.Session()
+    hangup = _Hangup()
+    session = session or _session_with_hangup(hangup)
     try:
         for attempt in range(1, attempts + 1):
             try:
-                return _get_before(give_up_at, deadline, session, url, headers, timeouts, max_bytes)
+                return _get_before(give_up_at, deadline, session, url, headers, timeouts, max_bytes, hangup)
             except _Retryable as exc:
                 pause = backoff * 2 ** (attempt - 1)
                 if attempt == attempts or time.monotonic() + pause >= give_up_at:
@@ -104,15 +165,15 @@ def _fetch_http(url: str, headers: dict[str, str], timeouts: tuple[float, float]
 
 
 def _get_before(give_up_at: float, deadline: float, session: requests.Session, url: str, headers: dict[str, str],
-                timeouts: tuple[float, float], max_bytes: int) -> FetchResult:
-    # requests has no overall deadline, so the request runs in a worker thread that is abandoned when time is
-    # up; the worker stops at its next chunk (or its next read timeout) and closes the connection itself.
+                timeouts: tuple[float, float], max_bytes: int, hangup: _Hangup) -> FetchResult:
+    # requests has no overall deadline, so the request runs in a worker thread that is given up on when time is
+    # up: its sockets are shut down, which wakes it from any read, and it ends.
     outcome: dict[str, Any] = {}
     cancelled = threading.Event()
 
     def work() -> None:
         try:
-            outcome["result"] = _get_once(session, url, headers, timeouts, max_bytes, cancelled)
+            outcome["result"] = _get_once(session, url, headers, timeouts, max_bytes, cancelled, hangup)
         except BaseException as exc:  # handed to the caller's thread, which re-raises it
             outcome["error"] = exc
 
@@ -121,6 +182,7 @@ def _get_before(give_up_at: float, deadline: float, session: requests.Session, u
     worker.join(max(0.0, give_up_at - time.monotonic()))
     if worker.is_alive():
         cancelled.set()
+        hangup.cut()
         raise FeedFetchError(f"{url} did not finish within {deadline:g} s (the server is too slow); gave up")
     if "error" in outcome:
         raise outcome["error"]
@@ -128,9 +190,10 @@ def _get_before(give_up_at: float, deadline: float, session: requests.Session, u
 
 
 def _get_once(session: requests.Session, url: str, headers: dict[str, str], timeouts: tuple[float, float],
-              max_bytes: int, cancelled: threading.Event) -> FetchResult:
+              max_bytes: int, cancelled: threading.Event, hangup: _Hangup) -> FetchResult:
     try:
         with session.get(url, headers=headers, timeout=timeouts, stream=True) as response:
+            hangup.add(_socket_of(response))  # a session passed in by the caller does not track its sockets
             return _read_response(response, url, headers, max_bytes, cancelled)
     except requests.ConnectionError as exc:  # includes connect timeouts and a read timeout mid-body
         raise _Retryable(f"connection failed ({_reason(exc)})") from None
@@ -167,6 +230,11 @@ def _read_capped(response: requests.Response, url: str, max_bytes: int, cancelle
             raise FeedFetchError(f"{url} sent more than {max_bytes} bytes, over the feed limit; stopped reading")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    connection = getattr(response.raw, "_connection", None) or getattr(response.raw, "connection", None)
+    return getattr(connection, "sock", None)
 
 
 def _reason(exc: Exception) -> str:
