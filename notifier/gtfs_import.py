@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ from .feeds.port_status import is_locode
 from .models import Port, Route, Sailing
 
 FERRY_ROUTE_TYPES = {"4", "1200"}
+# What reading a table can raise on a damaged file: bad CSV, bytes that are not UTF-8, a corrupt zip member.
+# zipfile raises NotImplementedError for an unknown compression method and RuntimeError for an encrypted member.
+UNREADABLE = (csv.Error, UnicodeDecodeError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
+              RuntimeError, OSError)
 # Refuse zip members that claim to unpack to more than this: a ferry schedule is a few megabytes.
 MAX_TABLE_BYTES = 200_000_000
 BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -88,8 +93,8 @@ class _GtfsFeed:
         if path.is_file():
             try:
                 self.zip = zipfile.ZipFile(path)
-            except zipfile.BadZipFile:
-                raise FeedParseError(f"GTFS feed {path} is not a zip file (nor a folder)") from None
+            except UNREADABLE:
+                raise FeedParseError(f"GTFS feed {path} is not a zip file we can read (nor a folder)") from None
 
     def __enter__(self) -> _GtfsFeed:
         return self
@@ -110,18 +115,24 @@ class _GtfsFeed:
             if not optional:
                 raise FeedParseError(f"GTFS feed {self.path.name} has no {table}.txt")
             return
-        with self._open(member) as stream:
-            reader = csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""))
-            header = [name.strip() for name in reader.fieldnames or []]
-            missing = [name for name in required if name not in header]
-            if missing:
-                raise FeedParseError(f"GTFS {table}.txt lacks the column(s) {', '.join(missing)}")
-            reader.fieldnames = header
-            try:
+        line = 1
+        try:
+            with self._open(member) as stream:
+                reader = csv.DictReader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""))
+                header = [name.strip() for name in reader.fieldnames or []]
+                missing = [name for name in required if name not in header]
+                if missing:
+                    raise FeedParseError(f"GTFS {table}.txt lacks the column(s) {', '.join(missing)}")
+                reader.fieldnames = header
                 for row in reader:
-                    yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
-            except (csv.Error, UnicodeDecodeError) as exc:
-                raise FeedParseError(f"GTFS {table}.txt line {reader.line_num} cannot be read ({exc})") from None
+                    line = reader.line_num
+                    cells = {k: (v or "").strip() for k, v in row.items() if k is not None}
+                    if any("\x00" in cell for cell in cells.values()):
+                        # PostgreSQL text cannot hold NUL; a table with one is damaged, not a name to keep.
+                        raise FeedParseError(f"GTFS {table}.txt line {line} holds a NUL character")
+                    yield line, cells
+        except UNREADABLE as exc:
+            raise FeedParseError(f"GTFS {table}.txt near line {line} cannot be read ({exc})") from None
 
     def _member(self, table: str) -> Any:
         name = f"{table}.txt"
@@ -143,12 +154,16 @@ class _GtfsFeed:
 
 def _agency_zone(feed: _GtfsFeed) -> ZoneInfo:
     for line, agency in feed.rows("agency", required=("agency_timezone",)):
-        try:
-            return ZoneInfo(agency["agency_timezone"])
-        except (ZoneInfoNotFoundError, ValueError):
-            raise FeedParseError(f"GTFS agency.txt line {line}: unknown time zone "
-                                 f"{agency['agency_timezone'][:40]!r}") from None
+        return time_zone(agency["agency_timezone"], f"GTFS agency.txt line {line}")
     raise FeedParseError("GTFS agency.txt has no agency")
+
+
+def time_zone(name: str, where: str) -> ZoneInfo:
+    """The IANA zone of that name, or a FeedParseError: every notice is rendered in its port's zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "Asia" is a folder, a 300-letter name too long a path
+        raise FeedParseError(f"{where}: unknown time zone {name[:40]!r}") from None
 
 
 def _country_of(zone_name: str) -> str | None:
@@ -168,14 +183,15 @@ def _ferry_routes(feed: _GtfsFeed) -> tuple[dict[str, dict[str, str]], int]:
     routes, skipped = {}, 0
     for _, route in feed.rows("routes", required=("route_id", "route_type")):
         if route["route_type"] in FERRY_ROUTE_TYPES:
-            routes[route["route_id"]] = route
+            routes[_stored_id(route["route_id"], Route.gtfs_route_id, "route_id")] = route
         else:
             skipped += 1
     return routes, skipped
 
 
 def _ferry_trips(feed: _GtfsFeed, routes: dict[str, dict[str, str]]) -> dict[str, _Trip]:
-    return {row["trip_id"]: _Trip(row["trip_id"], row["route_id"], row["service_id"])
+    return {row["trip_id"]: _Trip(_stored_id(row["trip_id"], Sailing.gtfs_trip_id, "trip_id"), row["route_id"],
+                                  row["service_id"])
             for _, row in feed.rows("trips", required=("route_id", "service_id", "trip_id"))
             if row["route_id"] in routes}
 
@@ -201,6 +217,17 @@ def _add_stop_times(feed: _GtfsFeed, trips: dict[str, _Trip]) -> None:
             raise FeedParseError(f"GTFS trip {trip.trip_id} has fewer than two stop times")
         if trip.first[2] < 0 or trip.last[2] < 0:
             raise FeedParseError(f"GTFS trip {trip.trip_id} has no time at its first or last stop")
+        if trip.last[2] < trip.first[2]:
+            raise FeedParseError(f"GTFS trip {trip.trip_id} reaches its last stop before it leaves its first "
+                                 "(check stop_sequence and the times in stop_times.txt)")
+
+
+def _stored_id(value: str, column: Any, what: str) -> str:
+    """A GTFS id that fits the column it is kept in (PostgreSQL refuses a longer one; SQLite would hide it)."""
+    limit = column.property.columns[0].type.length
+    if len(value) > limit:
+        raise FeedParseError(f"GTFS {what} {value[:20]!r}... is {len(value)} characters; at most {limit} are kept")
+    return value
 
 
 def _integer(value: str, what: str) -> int:
@@ -280,7 +307,8 @@ def _import_ports(session: Session, feed: _GtfsFeed, trips: dict[str, _Trip], zo
 
 def _port(session: Session, stop_id: str, stop: dict[str, str], line: int, zone: ZoneInfo, country: str,
           locodes: dict[str, str], taken: set[str], counts: Counter) -> Port:
-    port = session.scalars(select(Port).where(Port.gtfs_stop_id == stop_id)).first()
+    port = session.scalars(select(Port).where(Port.gtfs_stop_id == _stored_id(stop_id, Port.gtfs_stop_id,
+                                                                              "stop_id"))).first()
     given = (locodes.get(stop_id) or stop.get("locode") or "").upper()
     if port is None and given:
         if not is_locode(given):
@@ -293,7 +321,8 @@ def _port(session: Session, stop_id: str, stop: dict[str, str], line: int, zone:
     where = f"GTFS stops.txt line {line}"
     lat, lon = _coordinate(stop.get("stop_lat", ""), -90, 90, where), _coordinate(stop.get("stop_lon", ""),
                                                                                   -180, 180, where)
-    name, timezone = stop["stop_name"][:120], stop.get("stop_timezone") or zone.key
+    name = stop["stop_name"][:120]
+    timezone = time_zone(stop["stop_timezone"], where).key if stop.get("stop_timezone") else zone.key
     if port is not None:
         port.name, port.lat, port.lon, port.timezone = name, lat, lon, timezone
         return port
@@ -360,7 +389,14 @@ def _import_routes(session: Session, routes: dict[str, dict[str, str]], trips: d
 
 def _route_code(route: dict[str, str], route_id: str, taken: set[str]) -> str:
     code = (route.get("route_short_name") or route_id)[:32]
-    return code if code not in taken else f"{code}-{route_id}"[:32]
+    if code not in taken:
+        return code
+    # Two routes with one short name: the route id, else a digest of it, told apart within the 32 characters.
+    for suffix in (f"-{route_id}", "-" + hashlib.sha256(route_id.encode()).hexdigest()[:8]):
+        candidate = code[:max(32 - len(suffix), 0)] + suffix
+        if len(candidate) <= 32 and candidate not in taken:
+            return candidate
+    raise FeedParseError(f"GTFS route {route_id[:20]!r}: no free route code for {code!r}")
 
 
 def _import_sailings(session: Session, trips: dict[str, _Trip], routes: dict[str, Route], ports: dict[str, Port],

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from babel import Locale
+from babel import Locale, UnknownLocaleError
 from babel.dates import format_datetime
 from babel.numbers import format_currency
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, UndefinedError, select_autoescape
@@ -88,7 +88,7 @@ def babel_locale(language: str) -> Locale:
     """A Babel locale for a language tag such as 'zh-CN' or 'en'."""
     try:
         return Locale.parse(language.replace("-", "_"))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnknownLocaleError):  # a customer record's language may be any text
         return Locale.parse(FALLBACK_LANGUAGE)
 
 

@@ -221,7 +221,10 @@ def load_rule_set(directories: list[Path], templates: set[str] | None = None) ->
         if not Path(directory).is_dir():
             raise RuleError(f"{directory}: rule folder does not exist")
         documents += [(Path(directory), path, _read(path)) for path in sorted(Path(directory).glob("*.yaml"))]
-    policies, notes = _load_policies(documents)
+    try:
+        policies, notes = _load_policies(documents)
+    except MALFORMED as exc:
+        raise RuleError(f"{', '.join(map(str, directories))}: a policy is malformed ({_why(exc)})") from None
     if templates is None:
         from .messages import available_templates
 
@@ -230,12 +233,24 @@ def load_rule_set(directories: list[Path], templates: set[str] | None = None) ->
     seen: dict[str, str] = {}
     for _, path, document in documents:
         for index, raw in enumerate(document.get("rules", [])):
-            rule = _validate(path, index, raw, policies, templates)
+            try:
+                rule = _validate(path, index, raw, policies, templates)
+            except MALFORMED as exc:
+                raise RuleError(f"{path}: rule #{index + 1} is malformed ({_why(exc)})") from None
             if rule.id in seen:
                 raise RuleError(f"{path}: rule '{rule.id}': field 'id': already used in {seen[rule.id]}")
             seen[rule.id] = str(path)
             rules.append(rule)
     return RuleSet(tuple(rules), policies, tuple(notes))
+
+
+# What a value of the wrong shape makes Python raise deep in validation (a list where a name belongs, a number
+# too big for a timedelta, a regex too deep to compile): still the user's file, so still a RuleError.
+MALFORMED = (TypeError, ValueError, OverflowError, RecursionError, AttributeError, KeyError, re.error)
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -245,6 +260,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise RuleError(f"{path}: cannot read rule file ({exc})") from None
     except yaml.YAMLError as exc:
         raise RuleError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    except RecursionError:
+        raise RuleError(f"{path}: not valid YAML (nested too deeply)") from None
     if document is None:
         return {}
     if not isinstance(document, dict) or set(document) - {"rules", "policies"}:
@@ -286,9 +303,11 @@ def _validate(path: Path, index: int, raw: Any, policies: dict[str, Policy], tem
     for name in ("id", "description", "when", "where", "then"):
         if name not in raw:
             raise fail(name, "is required")
+    if not isinstance(raw["description"], str):
+        raise fail("description", "must be text")
     unknown = set(raw) - _RULE_FIELDS
     if unknown:
-        raise fail(sorted(unknown)[0], f"is not a rule field (known: {', '.join(sorted(_RULE_FIELDS))})")
+        raise fail(sorted(map(str, unknown))[0], f"is not a rule field (known: {', '.join(sorted(_RULE_FIELDS))})")
     if not isinstance(raw["id"], str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", raw["id"]):
         raise fail("id", "must be lower-case letters, digits, '-', '_' or '.'")
     for name in ("when", "where", "then"):

@@ -14,6 +14,8 @@ from .. import NotifierError
 
 # Every input is capped before parsing; the fetcher enforces the same cap on the wire.
 MAX_FEED_BYTES = 5_000_000
+# The widths of the feed_items columns (notifier.models.FeedItem) an observation's identity is stored in.
+MAX_STORED_CHARS = {"source": 120, "external_id": 400, "version": 120}
 
 
 class FeedParseError(NotifierError):
@@ -90,6 +92,39 @@ class Observation:
     def window(self) -> tuple[datetime | None, datetime | None]:
         """The hazard window: onset (or effective, or sent) until expires."""
         return (self.onset or self.effective or self.sent, self.expires)
+
+
+def check_storable(observations: list[Observation]) -> list[Observation]:
+    """Refuse what the database cannot store: ids wider than their columns, NUL characters, lone surrogates."""
+    for observation in observations:
+        identity = {"source": observation.source, "external_id": observation.external_id,
+                    "version": observation.version}
+        for name, value in identity.items():
+            if len(value) > MAX_STORED_CHARS[name]:
+                raise FeedParseError(f"{observation.format} item {name} is {len(value)} characters long; "
+                                     f"at most {MAX_STORED_CHARS[name]} can be stored")
+        _check_text(observation.to_json(), observation.external_id)
+    return observations
+
+
+def _check_text(value: Any, item: str) -> None:
+    # JSON feeds can spell both with escapes ("\u0000", "\ud800"); PostgreSQL text refuses NUL, and a lone
+    # surrogate cannot be encoded for an SMS, an email or a database at all.
+    pending = [value]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise FeedParseError(f"feed item {item[:60]!r} has text with a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FeedParseError(f"feed item {item[:60]!r} has text with a lone UTF-16 surrogate") from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -113,11 +113,14 @@ def _rss_date(value: str, number: int) -> datetime | None:
     except (TypeError, ValueError, IndexError):
         raise FeedParseError(f"RSS item {number} <pubDate> is not an RFC 822 date: {value[:40]!r}") from None
     # RFC 2822 "-0000" means UTC with no local zone known; Python returns that as a naive datetime.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else _utc(moment)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
-    return moment.astimezone(UTC) if moment else None
+    try:
+        return moment.astimezone(UTC) if moment else None
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is a year before the first one Python can hold
+        raise FeedParseError(f"date {moment.isoformat()[:40]} is outside the representable years") from None
 
 
 # --- inline CAP -------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Read through defusedxml (no entities, no external references). Namespaces and pr
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
@@ -37,6 +38,8 @@ def parse_xml(data: bytes, what: str) -> Element:
         raise FeedParseError(f"{what} refused: unsafe XML ({type(exc).__name__})") from None
     except ParseError as exc:
         raise FeedParseError(f"{what} is not well-formed XML ({exc})") from None
+    except (LookupError, ValueError) as exc:  # the XML declaration names an encoding Python cannot read with
+        raise FeedParseError(f"{what} declares an encoding that cannot be read ({str(exc)[:80]})") from None
 
 
 def local_name(tag: str) -> str:
@@ -73,6 +76,10 @@ def parse_time(value: str, field_name: str) -> datetime | None:
         raise FeedParseError(f"<{field_name}> is not a date-time: {value[:40]!r}") from None
     if moment.tzinfo is None:
         raise FeedParseError(f"<{field_name}> {value[:40]!r} has no UTC offset; CAP times must carry one")
+    try:
+        moment.astimezone(UTC)  # kept with its own offset (it is part of the version), but must convert later
+    except OverflowError:
+        raise FeedParseError(f"<{field_name}> {value[:40]!r} is outside the representable years") from None
     return moment
 
 
@@ -186,7 +193,7 @@ def _circle(value: str) -> tuple[float, float, float]:
         radius = float(radius_text)
     except ValueError:
         raise FeedParseError(f"CAP circle {value[:40]!r} is not 'lat,lon radius'") from None
-    if radius < 0:
-        raise FeedParseError(f"CAP circle {value[:40]!r} has a negative radius")
+    if not math.isfinite(radius) or radius < 0:
+        raise FeedParseError(f"CAP circle {value[:40]!r} has a radius that is negative or not a number")
     lat, lon = _point(centre)
     return lat, lon, radius

@@ -263,7 +263,8 @@ def _call_event(status: str, lead: dict[str, Any] | None) -> str:
 
 def _digest(*parts: Any) -> str:
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    # "surrogatepass": a JSON "\ud800" escape must not crash the digest; check_storable refuses it with a reason.
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 # --- T&T 2.2 ----------------------------------------------------------------------------------------------------

@@ -106,6 +106,7 @@ def _has_bytes(value: Any) -> bool:
         if type(item) is bytes:
             return True
         if type(item) is dict:
+            pending.extend(item.keys())  # a translation's language becomes a key of `texts`
             pending.extend(item.values())
         elif type(item) is list:
             pending.extend(item)
@@ -248,7 +249,8 @@ def _translation(translated: gtfs.TranslatedString) -> tuple[str, str]:
     options = list(translated.translation)
     if not options:
         return "", ""
-    chosen = next((t for t in options if t.language.lower().startswith("en")),
+    # A language that is not valid UTF-8 comes back as bytes; `_checked` refuses it once the entity is read.
+    chosen = next((t for t in options if isinstance(t.language, str) and t.language.lower().startswith("en")),
                   next((t for t in options if not t.language), options[0]))
     return chosen.language, chosen.text
 

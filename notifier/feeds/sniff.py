@@ -11,11 +11,12 @@ them: they turn each way untrusted text can be wrong into one FeedParseError.
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-from . import MAX_FEED_BYTES, FeedParseError, Observation
+from . import MAX_FEED_BYTES, FeedParseError, Observation, check_storable
 
 FORMATS = ("cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status")
 # How much of the body sniffing looks at: enough for an XML prolog with comments, or a JSON object's first keys.
@@ -60,7 +61,7 @@ def load_json(data: bytes, what: str) -> Any:
     """Parse untrusted JSON; every failure, including absurd nesting, becomes a FeedParseError."""
     text = decode_text(data, what)
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise FeedParseError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") \
             from None
@@ -72,6 +73,14 @@ def load_json(data: bytes, what: str) -> Any:
 
 def _refuse_constant(name: str) -> None:
     raise FeedParseError(f"JSON constant {name} is not allowed in a feed")
+
+
+def _finite_float(text: str) -> float:
+    # Python reads 1e400 as Infinity, which is no more JSON than the constant and which PostgreSQL refuses.
+    number = float(text)
+    if not math.isfinite(number):
+        raise FeedParseError(f"JSON number {text[:40]} is too large to be a number in a feed")
+    return number
 
 
 def parse_time(value: Any, what: str) -> datetime | None:
@@ -189,7 +198,7 @@ def parse_any(data: bytes, format: str | None = None, source: str = "", filename
     if chosen not in FORMATS:
         raise FeedParseError(f"unknown feed format {chosen!r}: use one of {', '.join(FORMATS)} or auto")
     parser = _parsers()[chosen]
-    return chosen, parser(data, source=source, notes=notes)
+    return chosen, check_storable(parser(data, source=source, notes=notes))
 
 
 def _parsers() -> dict[str, Any]:
