@@ -23,6 +23,11 @@ class FeedParseError(NotifierError):
 
     exit_code = 2
 
+    def __init__(self, message: str) -> None:
+        # Messages quote ids and values from the feed, which may hold line breaks, terminal escapes or bidi
+        # overrides: shown escaped, so the error stays one honest line in the log, the CLI and feed_sources.
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
 
 @dataclass
 class Area:
