@@ -3,6 +3,14 @@
 Each chunk of bookings commits its holds, offers and outbox rows together, so a crash loses at most the chunk
 in flight and a re-run skips what was committed (offers per booking and revision, and the outbox's unique
 dedup_key). Notices are dispatchable as soon as their chunk commits: the dispatcher never waits for the plan.
+
+At scale (a typhoon: 100,000 bookings on 140 sailings): the broadcast's sailings are read together once
+(`SailingPlans`, alternatives shared between sailings that look for them in the same place); bookings are cut in
+planning order into chunks that span sailings, the first small (so the first notices go out within moments) and
+then growing (`ChunkSizes`); each chunk is planned in bulk by notifier.planning (places allocated in Python and
+held with one conditional UPDATE per sailing and class, offers and notices written with executemany or COPY) with
+messages from notifier.shapes (one render per notice shape) and addresses from notifier.contacts (checked once,
+stored). tests/test_scale.py holds the result to what planning one booking at a time writes.
 """
 
 from __future__ import annotations
@@ -21,16 +29,18 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import NotifierError, UsageError, audit, links
-from .audience import AUDIENCE_KINDS, Recipient, Unreachable, booking_ids_page, opted_out, recipients_for
+from .audience import AUDIENCE_KINDS, Unreachable
 from .config import Settings
 from .db import insert_ignore, transaction
 from .disruptions import apply_impacts, clear, notice_extras, strength
 from .messages import TemplateError, local_time, money, render
 from .models import (Booking, Broadcast, Customer, Disruption, Notification, Offer, Port, Route, Sailing, Vessel,
                      utcnow)
-from .offers import Candidate, candidates_for, make_offers, planning_order, release
+from .offers import Candidate, candidates_for, planning_order, release
 from .paths import templates_dir
+from .planning import defer_checkpoint, plan_chunk
 from .rules import Impact
+from .shapes import ShapeBook
 
 CAUSE_WORDS = {"en": {"weather": "severe weather", "port_closure": "a port closure", "strike": "industrial action",
                       "technical": "a technical fault", "schedule": "a schedule change",
@@ -38,6 +48,10 @@ CAUSE_WORDS = {"en": {"weather": "severe weather", "port_closure": "a port closu
                "zh-CN": {"weather": "恶劣天气", "port_closure": "港口关闭", "strike": "罢工",
                          "technical": "技术故障", "schedule": "班期调整", "operations": "运营原因"}}
 TYPHOON_WORDS = {"en": "the typhoon", "zh-CN": "台风"}
+# Bookings per planning transaction: the first chunk is small so the first notices are dispatchable at once,
+# then chunks grow to MAX_CHUNK (see ChunkSizes).
+FIRST_CHUNK = 10
+MAX_CHUNK = 2000
 
 
 @dataclass
@@ -67,7 +81,7 @@ class SailingFacts:
     candidates: list[Candidate]
     candidate_ports: dict[int, Port]
     vessel_name: str = ""
-    local: dict[tuple[str, str], str] = field(default_factory=dict)  # (what, language) -> formatted text
+    local: dict[tuple, Any] = field(default_factory=dict)  # (what, language ...) -> text or values made once
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ def pending_broadcasts(session: Session) -> list[int]:
 
 
 def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: Settings,
-                   now: datetime | None = None, chunk: int = 1000) -> PlanResult:
+                   now: datetime | None = None, chunk: int = MAX_CHUNK) -> PlanResult:
     """Plan every disruption of a broadcast into the outbox, chunk by chunk; safe to re-run after a crash."""
     now = now or utcnow()
     with transaction(factory) as session:
@@ -118,11 +132,13 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
     result = PlanResult(broadcast_id)
     # A manual broadcast is always planned on hold: the preview shows exactly what `broadcast send` releases.
     initial_status = "held" if needs_approval or manual else "queued"
-    departures = {disruption_id: _departure_of(factory, disruption_id) for disruption_id in disruption_ids}
-    for disruption_id, accessibility in planning_order(departures, settings.offer_priority):
-        _plan_disruption(factory, broadcast_id, disruption_id, settings, now, chunk, initial_status, result,
-                         accessibility)
+    sailings = SailingPlans(factory, broadcast_id, disruption_ids, settings)
+    order = planning_order(sailings.departures, settings.offer_priority)
+    for parts in _chunks(sailings, order, ChunkSizes(chunk)):
+        with transaction(factory) as session:
+            _plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
     with transaction(factory) as session:
+        defer_checkpoint(session)
         broadcast = session.get(Broadcast, broadcast_id)
         broadcast.recipient_count = session.scalar(
             select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
@@ -137,10 +153,18 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
     return result
 
 
-def _departure_of(factory: sessionmaker[Session], disruption_id: int) -> datetime:
-    with factory() as session:
-        return session.scalar(select(Sailing.scheduled_departure).join(Disruption, Disruption.sailing_id == Sailing.id)
-                              .where(Disruption.id == disruption_id))
+class ChunkSizes:
+    """How many bookings each planning transaction takes: a small first chunk, so the first notices are
+    dispatchable within moments of planning starting, then growing to `largest` (fewer, bigger transactions)."""
+
+    def __init__(self, largest: int, first: int = FIRST_CHUNK, growth: int = 4) -> None:
+        self.largest, self.size, self.growth = max(1, largest), max(1, min(first, largest)), growth
+
+    def next(self) -> int:
+        """The size of the next chunk."""
+        size = self.size
+        self.size = min(self.largest, self.size * self.growth)
+        return size
 
 
 def _needs_approval(session: Session, broadcast: Broadcast, disruption_ids: list[int]) -> bool:
@@ -157,40 +181,116 @@ def _needs_approval(session: Session, broadcast: Broadcast, disruption_ids: list
     return count > min(limits)
 
 
-def _plan_disruption(factory: sessionmaker[Session], broadcast_id: int, disruption_id: int, settings: Settings,
-                     now: datetime, chunk: int, initial_status: str, result: PlanResult,
-                     accessibility: bool | None = None) -> None:
-    with factory() as session:
-        disruption = session.get(Disruption, disruption_id)
-        if disruption.planned_revision >= disruption.revision and disruption.status != "active":
-            return
-        facts = _sailing_facts(session, disruption)
-        broadcast = session.get(Broadcast, broadcast_id)
-        template, channels, audience = broadcast.template, list(broadcast.channels), broadcast.audience
-        notice = NoticeSpec.of(broadcast, disruption, settings)
-        session.expunge_all()
-    for batch in _booking_batches(factory, facts.sailing.id, audience, chunk, accessibility):
-        with transaction(factory) as session:
-            _plan_chunk(session, broadcast_id, facts, batch, template, channels, settings, now, initial_status,
-                        result, notice)
-    with transaction(factory) as session:
-        session.execute(update(Disruption).where(Disruption.id == disruption_id)
-                        .values(planned_revision=facts.disruption.revision))
+def _chunks(sailings: SailingPlans, order: list[tuple[int, bool | None]], sizes: ChunkSizes):  # noqa: ANN202
+    """The broadcast's bookings in planning order (`offers.planning_order`: which sailing and which accessibility
+    group takes scarce places first, then booking order), cut into chunks that may span several sailings."""
+    groups_left = Counter(disruption_id for disruption_id, _ in order)
+    parts: list[ChunkPart] = []
+    room = sizes.next()
+    for disruption_id, accessibility in order:
+        plan = sailings.plan(disruption_id)
+        groups_left[disruption_id] -= 1
+        if plan is None:
+            continue
+        ids = plan.bookings.pop(accessibility)
+        while True:
+            taken, ids = ids[:room], ids[room:]
+            parts.append(ChunkPart(plan, taken, last=not ids and groups_left[disruption_id] == 0))
+            room -= len(taken)
+            if room > 0:
+                break
+            yield parts
+            parts, room = [], sizes.next()
+            if not ids:
+                break
+    if parts:
+        yield parts
 
 
-def _booking_batches(factory: sessionmaker[Session], sailing_id: int, audience: str, chunk: int,  # noqa: ANN202
-                     accessibility: bool | None):
-    # One accessibility group (None: everyone) in booking order; `offers.planning_order` decides which group
-    # takes scarce held places first. Each page is read in its own short session, so no read stays open while
-    # the chunk's write transaction commits.
-    after = 0
-    while True:
+@dataclass
+class SailingPlan:
+    """What planning needs about one disrupted sailing of a broadcast, read once."""
+
+    facts: SailingFacts
+    template: str
+    channels: list[str]
+    notice: NoticeSpec
+    book: ShapeBook
+    bookings: dict[bool | None, list[int]]  # accessibility group (None: all) -> booking ids, in booking order
+    shared: dict[str, Any]  # what every sailing of the broadcast shares (the compensation owed per situation)
+
+
+@dataclass
+class ChunkPart:
+    """Some of one sailing's bookings in one chunk; `last` when they finish that sailing's plan."""
+
+    plan: SailingPlan
+    booking_ids: list[int]
+    last: bool
+
+
+class SailingPlans:
+    """A broadcast's disrupted sailings: read together once (disruptions, sailings, routes, ports), each made a
+    SailingPlan (its alternatives, its bookings) when planning reaches it, alternatives shared between sailings
+    that look for them in the same place."""
+
+    def __init__(self, factory: sessionmaker[Session], broadcast_id: int, disruption_ids: list[int],
+                 settings: Settings) -> None:
+        self.factory, self.settings = factory, settings
         with factory() as session:
-            ids = booking_ids_page(session, sailing_id, audience, accessibility, after, chunk)
-        if not ids:
-            break
-        yield ids
-        after = ids[-1]
+            self.broadcast = session.get(Broadcast, broadcast_id)
+            self.rows = {disruption.id: (disruption, sailing) for disruption, sailing in session.execute(
+                select(Disruption, Sailing).join(Sailing, Sailing.id == Disruption.sailing_id)
+                .where(Disruption.id.in_(disruption_ids)))}
+            sailings = [sailing for _, sailing in self.rows.values()]
+            self.ports = {p.id: p for p in session.scalars(select(Port))}
+            self.routes = {r.id: r for r in session.scalars(select(Route).where(
+                Route.id.in_({s.route_id for s in sailings})))}
+            self.vessels = {v.id: v.name for v in session.scalars(select(Vessel).where(
+                Vessel.id.in_({s.vessel_id for s in sailings if s.vessel_id})))}
+            session.expunge_all()
+        self.departures = {d: self.rows[d][1].scheduled_departure for d in disruption_ids}
+        self.kinds = AUDIENCE_KINDS.get(self.broadcast.audience, AUDIENCE_KINDS["all"])
+        self.candidates: dict[tuple, list[Candidate]] = {}
+        self.shared: dict[str, Any] = {}
+        self.made: dict[int, SailingPlan | None] = {}
+
+    def plan(self, disruption_id: int) -> SailingPlan | None:
+        """The plan of one disrupted sailing (None when it is already planned and no longer active)."""
+        if disruption_id not in self.made:
+            self.made[disruption_id] = self._make(disruption_id)
+        return self.made[disruption_id]
+
+    def _make(self, disruption_id: int) -> SailingPlan | None:
+        disruption, sailing = self.rows[disruption_id]
+        if disruption.planned_revision >= disruption.revision and disruption.status != "active":
+            return None
+        with self.factory() as session:
+            candidates = self._candidates(session, disruption, sailing)
+            rows = session.execute(select(Booking.id, Booking.accessibility_needs).where(
+                Booking.sailing_id == sailing.id, Booking.status == "confirmed", Booking.kind.in_(self.kinds))
+                .order_by(Booking.id)).all()
+        facts = SailingFacts(disruption=disruption, sailing=sailing, origin=self.ports[sailing.origin_port_id],
+                             destination=self.ports[sailing.destination_port_id], route=self.routes[sailing.route_id],
+                             candidates=candidates, candidate_ports=self.ports if candidates else {},
+                             vessel_name=self.vessels.get(sailing.vessel_id, ""))
+        broadcast, notice = self.broadcast, NoticeSpec.of(self.broadcast, disruption, self.settings)
+        return SailingPlan(facts, broadcast.template, list(broadcast.channels), notice,
+                           ShapeBook(facts, broadcast.template, self.settings, notice.reason),
+                           {None: [i for i, _ in rows], True: [i for i, needs in rows if needs],
+                            False: [i for i, needs in rows if not needs]}, self.shared)
+
+    def _candidates(self, session: Session, disruption: Disruption, sailing: Sailing) -> list[Candidate]:
+        # `offers.candidates_for` depends on the ports, the route (first), and the moment after which to look;
+        # on the sailing itself only when it departs after that moment (it is never its own alternative).
+        after = max(filter(None, [disruption.window_end, sailing.scheduled_departure]))
+        key = (sailing.origin_port_id, sailing.destination_port_id, sailing.route_id, after,
+               sailing.id if sailing.scheduled_departure >= after else None)
+        if key not in self.candidates:
+            session.add(sailing)  # candidates_for reads it through the session
+            self.candidates[key] = candidates_for(session, disruption)
+            session.expunge(sailing)
+        return self.candidates[key]
 
 
 def _sailing_facts(session: Session, disruption: Disruption) -> SailingFacts:
@@ -203,55 +303,28 @@ def _sailing_facts(session: Session, disruption: Disruption) -> SailingFacts:
                         vessel_name=sailing.vessel.name if sailing.vessel else "")
 
 
-def _plan_chunk(session: Session, broadcast_id: int, facts: SailingFacts, booking_ids: list[int], template: str,
-                channels: list[str], settings: Settings, now: datetime, initial_status: str,
-                result: PlanResult, notice: NoticeSpec | None = None) -> None:
-    notice = notice or NoticeSpec()
-    disruption = facts.disruption
-    already = set(session.scalars(select(Offer.booking_id).where(
-        Offer.booking_id.in_(booking_ids), Offer.disruption_id == disruption.id,
-        Offer.revision == disruption.revision)))
-    rows = session.execute(select(Booking, Customer).join(Customer, Customer.id == Booking.customer_id)
-                           .where(Booking.id.in_(booking_ids)).order_by(Booking.id)).all()
-    respect = not (settings.safety_critical_opt_out == "send")
-    stops = opted_out(session)
-    values = []
-    for booking, customer in rows:
-        if booking.id in already:
-            offers = list(session.scalars(select(Offer).where(
-                Offer.booking_id == booking.id, Offer.disruption_id == disruption.id,
-                Offer.revision == disruption.revision)))
-        elif notice.new_offers:
-            offers = make_offers(session, booking, disruption, facts.candidates, settings, now)
-        else:
-            offers = []
-        recipients, unreachable = recipients_for(booking, customer, channels, stops, respect)
-        result.unreachable.extend(unreachable)
-        result.bookings += 1
-        for recipient in recipients:
-            values.append(_notification_row(broadcast_id, facts, booking, customer, offers, recipient, template,
-                                            settings, initial_status, notice))
-    session.flush()
-    if values:
-        inserted = session.execute(insert_ignore(Notification.__table__, session), values).rowcount
-        result.notifications += max(inserted, 0)
-        result.skipped_existing += len(values) - max(inserted, 0)
-        if inserted < len(values):
-            _note_skipped(session, broadcast_id, values, result)
-        for row in values:
-            result.by_channel_language[(row["channel"], row["language"])] += 1
-            result.segments += row["segments"]
+def _plan_chunk(session: Session, broadcast_id: int, parts: list[ChunkPart], settings: Settings, now: datetime,
+                initial_status: str, result: PlanResult) -> None:
+    """One chunk of bookings, of one or more sailings, into held places, offers and outbox rows, with the planned
+    revision of every sailing it finishes (notifier.planning)."""
+    defer_checkpoint(session)
+    plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
+    finished = {part.plan.facts.disruption.id: part.plan.facts.disruption.revision for part in parts if part.last}
+    for disruption_id, revision in finished.items():
+        session.execute(update(Disruption).where(Disruption.id == disruption_id).values(planned_revision=revision))
 
 
-def _note_skipped(session: Session, broadcast_id: int, values: list[dict[str, Any]], result: PlanResult) -> None:
-    # Which other broadcast already planned the notices this chunk skipped: the preview says who told them.
-    rows = session.execute(select(Notification.broadcast_id, Notification.disruption_id, Notification.revision,
-                                  Notification.booking_id)
-                           .where(Notification.dedup_key.in_([row["dedup_key"] for row in values]),
-                                  or_(Notification.broadcast_id.is_(None),
-                                      Notification.broadcast_id != broadcast_id)))
-    for other, disruption_id, revision, booking_id in rows:
-        result.skipped_by.setdefault((other or 0, disruption_id or 0, revision), set()).add(booking_id)
+def note_skipped(session: Session, broadcast_id: int, keys: list[str], result: PlanResult) -> None:
+    """Record which other broadcast already planned the notices (by dedup key) a chunk skipped: the preview says
+    who told them."""
+    for start in range(0, len(keys), 500):
+        rows = session.execute(select(Notification.broadcast_id, Notification.disruption_id, Notification.revision,
+                                      Notification.booking_id)
+                               .where(Notification.dedup_key.in_(keys[start:start + 500]),
+                                      or_(Notification.broadcast_id.is_(None),
+                                          Notification.broadcast_id != broadcast_id)))
+        for other, disruption_id, revision, booking_id in rows:
+            result.skipped_by.setdefault((other or 0, disruption_id or 0, revision), set()).add(booking_id)
 
 
 def _preview_facts(previous: dict[str, Any] | None, result: PlanResult) -> dict[str, Any]:
@@ -283,26 +356,6 @@ def dedup_key(booking_id: int | None, recipient: str, channel: str, disruption_i
     return f"{booking_id}:{recipient}:{channel}:{disruption_id}:{revision}"
 
 
-def _notification_row(broadcast_id: int, facts: SailingFacts, booking: Booking, customer: Customer,
-                      offers: list[Offer], recipient: Recipient, template: str, settings: Settings,
-                      initial_status: str, notice: NoticeSpec | None = None) -> dict[str, Any]:
-    disruption = facts.disruption
-    notice = notice or NoticeSpec()
-    deadline = next((o.deadline for o in offers if o.deadline), None)
-    context = notice_context(facts, booking, customer, offers, settings, recipient.language, deadline,
-                             notice.reason)
-    rendered = render(recipient.channel, template, recipient.language, context)
-    return {"dedup_key": dedup_key(booking.id, recipient.address, recipient.channel, disruption.id,
-                                   disruption.revision) + notice.key_suffix,
-            "booking_id": booking.id, "customer_id": customer.id, "disruption_id": disruption.id,
-            "revision": disruption.revision, "broadcast_id": broadcast_id, "channel": recipient.channel,
-            "recipient": recipient.address, "language": rendered.language, "template": template,
-            "purpose": "notice", "subject": rendered.subject, "body_text": rendered.body_text,
-            "body_html": rendered.body_html, "segments": rendered.segments, "safety_critical": True,
-            "status": initial_status, "priority": int(facts.sailing.scheduled_departure.timestamp()),
-            "attempts": 0, "created_at": utcnow()}
-
-
 def _port_name(port: Port, language: str) -> str:
     return port.name_zh if language.startswith("zh") and port.name_zh else port.name
 
@@ -316,9 +369,57 @@ def _cached(facts: SailingFacts, key: str, language: str, make) -> str:  # noqa:
 def notice_context(facts: SailingFacts, booking: Booking, customer: Customer, offers: list[Offer],
                    settings: Settings, language: str, deadline: datetime | None,
                    reason: str | None = None) -> dict[str, Any]:
-    """The values a notice template may use (every one always present, so StrictUndefined catches typos)."""
-    lang = "zh-CN" if language.startswith("zh") else "en"
-    sailing, disruption, tz = facts.sailing, facts.disruption, facts.origin.timezone
+    """The values a notice template may use (every one always present, so StrictUndefined catches typos).
+
+    Built from parts that `shapes.ShapeBook` computes once and shares: what the sailing and broadcast say, what
+    the booking says, what the offers say, and the three per-person values (name, booking reference, link)."""
+    until = deadline or facts.sailing.scheduled_departure
+    return {**sailing_values(facts, settings, language, reason), "customer": {"name": customer.name},
+            "booking": booking_values(booking), **offer_values(facts, offers, language, deadline),
+            "link": choice_link(settings, booking.id, facts.disruption.id, until),
+            # delay, window, previous_kind, resumption, headline, port_call, entitlements (notifier.disruptions)
+            **notice_extras(facts, booking, language)}
+
+
+def sailing_values(facts: SailingFacts, settings: Settings, language: str, reason: str | None) -> dict[str, Any]:
+    """The part of a notice's values every booking of the sailing shares (made once per language)."""
+    key = ("context", language, reason or "")
+    if key not in facts.local:
+        lang = "zh-CN" if language.startswith("zh") else "en"
+        sailing, disruption, tz = facts.sailing, facts.disruption, facts.origin.timezone
+        policy = set(disruption.policy.get("entitlements", []))
+        cause_key = disruption.cause
+        event = (disruption.cause_text or "").lower()
+        typhoon = "typhoon" in event or "cyclone" in event
+        facts.local[key] = {
+            "company": settings.company_name_zh if lang == "zh-CN" else settings.company_name,
+            "helpline": settings.helpline,
+            "sailing": {"code": sailing.code, "route": facts.route.name, "status": sailing.status,
+                        "origin": _port_name(facts.origin, language),
+                        "destination": _port_name(facts.destination, language),
+                        "departure": local_time(sailing.scheduled_departure, tz, language),
+                        "arrival": local_time(sailing.scheduled_arrival, facts.destination.timezone, language),
+                        "vessel": facts.vessel_name, "voyage": sailing.voyage or ""},
+            "disruption": {"kind": disruption.kind, "delay_minutes": disruption.delay_minutes,
+                           "status": disruption.status,
+                           "cause": TYPHOON_WORDS[lang] if typhoon else CAUSE_WORDS[lang].get(cause_key, cause_key),
+                           "event": disruption.cause_text or ""},
+            "reason": reason or "",
+            "do_not_come": "do_not_come_to_port" in policy,
+            "eu": facts.route.jurisdiction == "EU",
+        }
+    return facts.local[key]
+
+
+def booking_values(booking: Booking) -> dict[str, Any]:
+    """What a notice may say about the booking itself."""
+    return {"ref": booking.ref, "kind": booking.kind, "party_size": booking.party_size, "teu": booking.teu}
+
+
+def offer_values(facts: SailingFacts, offers: list[Offer], language: str, deadline: datetime | None
+                 ) -> dict[str, Any]:
+    """What a notice may say about the booking's choices: the alternatives, the refund, the deadline."""
+    tz = facts.origin.timezone
     by_id = {c.sailing_id: c for c in facts.candidates}
     alternatives = []
     for offer in offers:
@@ -328,40 +429,15 @@ def notice_context(facts: SailingFacts, booking: Booking, customer: Customer, of
                                  "departure": _cached(facts, f"dep{candidate.sailing_id}", language,
                                                       lambda c=candidate: local_time(c.departure, tz, language))})
     refund = next((o for o in offers if o.kind == "refund"), None)
-    policy = set(disruption.policy.get("entitlements", []))
-    token = links.make_token(settings.secret_key or "demo-secret", booking.id, disruption.id,
-                             deadline or sailing.scheduled_departure)
-    cause_key = disruption.cause
-    typhoon = "typhoon" in (disruption.cause_text or "").lower() or "cyclone" in (disruption.cause_text or "").lower()
-    return {
-        "company": settings.company_name_zh if lang == "zh-CN" else settings.company_name,
-        "helpline": settings.helpline,
-        "customer": {"name": customer.name},
-        "booking": {"ref": booking.ref, "kind": booking.kind, "party_size": booking.party_size,
-                    "teu": booking.teu},
-        "sailing": {"code": sailing.code, "route": facts.route.name, "status": sailing.status,
-                    "origin": _port_name(facts.origin, language),
-                    "destination": _port_name(facts.destination, language),
-                    "departure": _cached(facts, "dep", language,
-                                         lambda: local_time(sailing.scheduled_departure, tz, language)),
-                    "arrival": _cached(facts, "arr", language,
-                                       lambda: local_time(sailing.scheduled_arrival, facts.destination.timezone,
-                                                          language)),
-                    "vessel": facts.vessel_name, "voyage": sailing.voyage or ""},
-        "disruption": {"kind": disruption.kind, "delay_minutes": disruption.delay_minutes,
-                       "status": disruption.status,
-                       "cause": TYPHOON_WORDS[lang] if typhoon else CAUSE_WORDS[lang].get(cause_key, cause_key),
-                       "event": disruption.cause_text or ""},
-        "reason": reason or "",
-        "alternatives": alternatives,
-        "refund": {"amount": money(refund.amount, refund.currency, language)} if refund else None,
-        "deadline": local_time(deadline, tz, language) if deadline else "",
-        "link": links.choice_url(settings.public_base_url, token),
-        "do_not_come": "do_not_come_to_port" in policy,
-        "eu": facts.route.jurisdiction == "EU",
-        # delay, window, previous_kind, resumption, headline, port_call, entitlements (notifier.disruptions)
-        **notice_extras(facts, booking, language),
-    }
+    return {"alternatives": alternatives,
+            "refund": {"amount": money(refund.amount, refund.currency, language)} if refund else None,
+            "deadline": local_time(deadline, tz, language) if deadline else ""}
+
+
+def choice_link(settings: Settings, booking_id: int, disruption_id: int, until: datetime) -> str:
+    """The signed link to a booking's choice page."""
+    return links.choice_url(settings.public_base_url, links.make_token(settings.secret_key or "demo-secret",
+                                                                       booking_id, disruption_id, until))
 
 
 # --- manual broadcasts: target, create, approve, send, pause, resume, cancel, correct ------------------------------
@@ -440,7 +516,7 @@ def require_operator(operator: str | None) -> str:
 
 
 def create_manual(factory: sessionmaker[Session], request: BroadcastRequest, settings: Settings,
-                  now: datetime | None = None, chunk: int = 1000) -> int:
+                  now: datetime | None = None, chunk: int = MAX_CHUNK) -> int:
     """Resolve the target, open or reuse its disruptions and plan the broadcast on hold; returns its id.
     Unknown names, a template error or nobody to tell raise before anything is committed."""
     now = now or utcnow()
@@ -854,7 +930,7 @@ def _clear_unannounced(session: Session, broadcast: Broadcast, now: datetime, op
 
 def correct(factory: sessionmaker[Session], original_id: int, operator: str, settings: Settings,
             template: str | None = None, reason: str | None = None, now: datetime | None = None,
-            chunk: int = 1000) -> int:
+            chunk: int = MAX_CHUNK) -> int:
     """Plan (on hold, like any manual broadcast) a correction to everyone a broadcast has already told, on the
     same channel and address; returns the correction's broadcast id."""
     operator, now = require_operator(operator), now or utcnow()
@@ -934,7 +1010,7 @@ def _plan_correction_chunk(session: Session, correction_id: int, original_id: in
         result.notifications += max(inserted, 0)
         if inserted < len(values):
             result.skipped_existing += len(values) - max(inserted, 0)
-            _note_skipped(session, correction_id, values, result)
+            note_skipped(session, correction_id, [row["dedup_key"] for row in values], result)
 
 
 # --- what a broadcast will do and is doing: preview, progress, list ----------------------------------------------

@@ -51,10 +51,13 @@ _current: Watcher | None = None
 # --- leadership ----------------------------------------------------------------------------------------------------
 
 class AdvisoryLeadership:
-    """PostgreSQL: a session advisory lock on a connection kept open for as long as we lead."""
+    """PostgreSQL: a session advisory lock on a connection kept open for as long as we lead. A leader that is
+    killed or stops closes that connection and the lock goes at once; for one whose machine or network dies, the
+    server is told to probe the connection (TCP keepalives) and drop it within about `lease_seconds`, so a
+    standby takes over within that time either way."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, lease_seconds: float = 30.0) -> None:
+        self.engine, self.lease_seconds = engine, lease_seconds
         self.connection = None
 
     def hold(self, now: datetime) -> bool:
@@ -69,10 +72,20 @@ class AdvisoryLeadership:
                 return False
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         if connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}):
+            self._probe_within_lease(connection)
             self.connection = connection
             return True
         connection.close()
         return False
+
+    def _probe_within_lease(self, connection) -> None:  # noqa: ANN001
+        # Idle a third of the lease, then three probes a sixth apart: a vanished leader is dropped (and its lock
+        # with it) after about five sixths of the lease. No effect over a Unix socket, where nothing can vanish.
+        lease = max(3.0, float(self.lease_seconds))
+        for name, value in (("tcp_keepalives_idle", max(1, int(lease // 3))),
+                            ("tcp_keepalives_interval", max(1, int(lease // 6))), ("tcp_keepalives_count", 3),
+                            ("tcp_user_timeout", int(lease * 1000))):
+            connection.execute(text("SELECT set_config(:name, :value, false)"), {"name": name, "value": str(value)})
 
     def release(self) -> None:
         """Give the lock back so a standby takes over at once."""
@@ -112,7 +125,7 @@ class LeaseLeadership:
 def leadership_for(engine: Engine, factory: sessionmaker[Session], owner: str, settings: Settings):  # noqa: ANN201
     """The election that fits the database: advisory lock on PostgreSQL, leased row elsewhere."""
     if is_postgres(engine):
-        return AdvisoryLeadership(engine)
+        return AdvisoryLeadership(engine, settings.watcher_lease_seconds)
     return LeaseLeadership(factory, owner, settings.watcher_lease_seconds)
 
 

@@ -1,0 +1,583 @@
+"""Planning at scale: one chunk of bookings into offers and rendered outbox rows, in bulk, in one transaction.
+
+`broadcasts.plan_broadcast` cuts a broadcast's bookings, in planning order, into chunks (which may span several
+disrupted sailings) and calls `plan_chunk` for each; what a chunk commits (its holds, offers and notices,
+together) is dispatchable at once. Per chunk, whatever its number of bookings and sailings, the database sees a
+handful of statements:
+
+- one read of the bookings with their customers, one of offers already made to them, one of opt-outs among the
+  chunk's addresses (and, for a revised disruption, one of the earlier revision's held places to give back);
+- the alternatives' free places read once (locked first on PostgreSQL), places allocated in Python booking by
+  booking in planning order exactly as `offers.make_offers` would, then written with one conditional UPDATE per
+  (sailing, space class), sent as one executemany: `held = held + n WHERE capacity - booked - held >= n`. The
+  WHERE keeps it race-free: should another writer have taken places after we read them, an UPDATE matches
+  nothing, the chunk's savepoint is rolled back and the allocation is made again from fresh counters;
+- offers and notices written with executemany (the notices with ON CONFLICT DO NOTHING on the dedup key, so a
+  notice planned before, by this or another broadcast, is skipped and counted);
+- the stored contact checks of customers whose phone or email changed (notifier.contacts).
+
+Messages come from `shapes.ShapeBook`: one render per notice shape, the per-person values put in per booking.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Table, event, select
+from sqlalchemy.orm import Session
+
+from . import entitlements
+from .audience import Unreachable
+from .contacts import contact_check, is_current, recipients_checked, store_checks
+from .models import Booking, Customer, Notification, Offer, OptOut, SailingCapacity, utcnow
+from .offers import (COMPENSATION_KEY, REFUND_KEY, Candidate, held_places, lock_capacity, needs, rebooking_owed,
+                     refund_amount, release, suits)
+from .shapes import AttributeMemo
+
+ALLOCATION_ATTEMPTS = 3
+PAGE = 5000  # ids per IN list: one statement for a whole chunk, well under every engine's parameter limit
+NOTICE_COLUMNS = ("dedup_key", "booking_id", "customer_id", "disruption_id", "revision", "broadcast_id", "channel",
+                  "recipient", "language", "template", "purpose", "subject", "body_text", "body_html", "segments",
+                  "safety_critical", "status", "priority", "attempts", "created_at")
+OFFER_COLUMNS = ("booking_id", "disruption_id", "revision", "option_key", "kind", "sailing_id", "space_class",
+                 "places", "amount", "currency", "status", "hold_expires_at", "holds", "deadline", "created_at")
+
+
+@dataclass(slots=True)
+class BookingRow:
+    """What planning reads of a booking (a plain row, not an ORM object: 100,000 of them are cheap)."""
+
+    id: int
+    ref: str
+    kind: str
+    customer_id: int
+    sailing_id: int
+    space_class: str
+    party_size: int
+    vehicles: int
+    accessibility_needs: bool
+    containers: int
+    teu: int
+    reefer_plugs: int
+    dangerous_goods: bool
+    fare_paid: Decimal
+    currency: str
+
+    @property
+    def places(self) -> int:
+        """How many places of `space_class` this booking occupies (as Booking.places)."""
+        return self.teu if self.kind == "cargo" else self.party_size
+
+
+@dataclass(slots=True)
+class CustomerRow:
+    """What planning reads of a customer."""
+
+    id: int
+    name: str
+    phone: str | None
+    email: str | None
+    language: str
+    channels: list[Any]
+    contact_check: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class PlannedOffer:
+    """An offer as planning writes it (the columns of Offer)."""
+
+    booking_id: int
+    disruption_id: int
+    revision: int
+    option_key: str
+    kind: str
+    sailing_id: int | None
+    space_class: str | None
+    places: int
+    status: str
+    hold_expires_at: datetime | None
+    deadline: datetime | None
+    holds: dict[str, int] = field(default_factory=dict)
+    amount: Decimal | None = None
+    currency: str | None = None
+
+
+BOOKING_FIELDS = tuple(BookingRow.__dataclass_fields__)
+CUSTOMER_FIELDS = tuple(CustomerRow.__dataclass_fields__)
+
+
+def _pages(ids: list[int]) -> list[list[int]]:
+    return [ids[start:start + PAGE] for start in range(0, len(ids), PAGE)]
+
+
+def read_chunk(session: Session, booking_ids: list[int]) -> dict[int, tuple[BookingRow, CustomerRow]]:
+    """The chunk's bookings with their customers, by booking id (read by the driver, values converted by the
+    columns' own types, each distinct value once)."""
+    connection = session.connection()
+    dialect = connection.dialect
+    columns = [Booking.__table__.c[name] for name in BOOKING_FIELDS] + \
+              [Customer.__table__.c[name] for name in CUSTOMER_FIELDS]
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    selected = ", ".join(f"{column.table.name}.{column.name}" for column in columns)
+    width = len(BOOKING_FIELDS)
+    found: dict[int, tuple[BookingRow, CustomerRow]] = {}
+    convert = None
+    for page in _pages(booking_ids):
+        result = connection.exec_driver_sql(
+            f"SELECT {selected} FROM bookings JOIN customers ON customers.id = bookings.customer_id "
+            f"WHERE bookings.id IN ({', '.join([mark] * len(page))})", tuple(page))
+        if convert is None:
+            convert = _Converter([column.type.dialect_impl(dialect).result_processor(dialect, described[1])
+                                  for column, described in zip(columns, result.cursor.description, strict=True)])
+        for row in result.fetchall():
+            values = convert(row)
+            found[values[0]] = (BookingRow(*values[:width]), CustomerRow(*values[width:]))
+    return found
+
+
+class _Converter:
+    """Applies result processors to raw rows, remembering each column's conversions while they repeat (fares,
+    flags, channel lists); a column whose values do not repeat (a contact check) stops being remembered."""
+
+    REMEMBER = 5000
+
+    def __init__(self, processors: list[Any]) -> None:
+        self.processors = [(index, processor, {}) for index, processor in enumerate(processors)
+                           if processor is not None]
+
+    def __call__(self, row: Any) -> list[Any]:
+        values = list(row)
+        for index, processor, known in self.processors:
+            raw = values[index]
+            if raw is None:
+                continue
+            converted = known.get(raw, _MISSING)
+            if converted is _MISSING:
+                converted = processor(raw)
+                if len(known) < self.REMEMBER:
+                    known[raw] = converted
+            elif isinstance(converted, list | dict):
+                converted = _copy(converted)  # each row gets its own list or document
+            values[index] = converted
+        return values
+
+
+_MISSING = object()
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else dict(value)
+
+
+# --- offers --------------------------------------------------------------------------------------------------------
+
+def offers_made(session: Session, booking_ids: list[int]) -> dict[tuple[int, int, int], list[Any]]:
+    """Offers these bookings already have, by (booking, disruption, revision): another broadcast made them."""
+    made: dict[tuple[int, int, int], list[Any]] = {}
+    for page in _pages(booking_ids):
+        for offer in session.execute(select(Offer.__table__).where(Offer.booking_id.in_(page)).order_by(Offer.id)):
+            made.setdefault((offer.booking_id, offer.disruption_id, offer.revision), []).append(offer)
+    return made
+
+
+def allocate_offers(session: Session, work: list[tuple[Any, list[BookingRow]]], settings: Any, now: datetime
+                    ) -> dict[tuple[int, int], list[PlannedOffer]]:
+    """Offers for the bookings of one chunk, by (booking, disruption): `work` is (sailing plan, bookings) in
+    planning order. Each booking gets what `offers.make_offers` would give it, in the same order: held places on
+    up to N suitable alternatives (else a standby on the first suitable one), the refund, compensation where
+    owed. Places are taken with one conditional UPDATE per (sailing, class) and the offers written in bulk."""
+    earlier = _earlier_holds(session, work)
+    candidates = {c.sailing_id for plan, _ in work if rebooking_owed(plan.facts.disruption, settings)
+                  for c in plan.facts.candidates}
+    lock_capacity(session, candidates | {o.sailing_id for held in earlier.values() for o in held})
+    released = {key: [offer for offer in held if release(session, offer, "superseded")]
+                for key, held in earlier.items()}
+    for _ in range(ALLOCATION_ATTEMPTS):
+        with session.begin_nested() as savepoint:
+            free = _free_places(session, candidates)
+            for plan, _ in work:
+                plan.shared.setdefault("memos", _Memos()).new_chunk()
+            planned: dict[tuple[int, int], list[PlannedOffer]] = {}
+            taken: Counter = Counter()
+            for plan, bookings in work:
+                _allocate(session, plan, bookings, free, taken, released, settings, now, planned)
+            if _hold_all(session, taken):
+                _insert_offers(session, [offer for offers in planned.values() for offer in offers])
+                return planned
+            savepoint.rollback()  # another writer took places after we read them: read again, allocate again
+    raise RuntimeError(f"could not hold places after {ALLOCATION_ATTEMPTS} attempts: the alternatives' "
+                       "capacity keeps changing under this planner")
+
+
+def _earlier_holds(session: Session, work: list[tuple[Any, list[BookingRow]]]) -> dict[tuple[int, int], list[Offer]]:
+    # A revised disruption replaces its earlier offers: their held places go back before new ones are taken.
+    revised = {plan.facts.disruption.id: plan.facts.disruption.revision for plan, _ in work
+               if plan.facts.disruption.revision > 1}
+    ids = [booking.id for plan, bookings in work if plan.facts.disruption.id in revised for booking in bookings]
+    earlier: dict[tuple[int, int], list[Offer]] = {}
+    for page in _pages(ids):
+        for offer in session.scalars(select(Offer).where(
+                Offer.booking_id.in_(page), Offer.disruption_id.in_(list(revised)), Offer.status == "held")
+                .order_by(Offer.id)):
+            if offer.revision < revised[offer.disruption_id]:
+                earlier.setdefault((offer.booking_id, offer.disruption_id), []).append(offer)
+    return earlier
+
+
+def _free_places(session: Session, sailing_ids: set[int]) -> dict[tuple[int, str], int]:
+    free = {}
+    for page in _pages(sorted(sailing_ids)):
+        free.update({(sailing_id, space): capacity - booked - held for sailing_id, space, capacity, booked, held in
+                     session.execute(select(SailingCapacity.sailing_id, SailingCapacity.space_class,
+                                            SailingCapacity.capacity, SailingCapacity.booked, SailingCapacity.held)
+                                     .where(SailingCapacity.sailing_id.in_(page)))})
+    return free
+
+
+def _allocate(session: Session, plan: Any, bookings: list[BookingRow], free: dict[tuple[int, str], int],
+              taken: Counter, released: dict[tuple[int, int], list[Offer]], settings: Any, now: datetime,
+              planned: dict[tuple[int, int], list[PlannedOffer]]) -> None:
+    facts, memos = plan.facts, plan.shared.setdefault("memos", _Memos())
+    disruption = facts.disruption
+    disruption_key = (disruption.id, disruption.revision)
+    candidates: list[Candidate] = facts.candidates if rebooking_owed(disruption, settings) else []
+    deadline = now + timedelta(hours=settings.offer_deadline_hours)
+    hold_until = now + timedelta(minutes=settings.hold_minutes)
+    per_booking = settings.offers_per_booking
+    candidates_key = tuple(c.sailing_id for c in candidates)
+    # Free places only shrink while a chunk is allocated (unless earlier holds are given back on the way), so an
+    # alternative found full for a kind of place stays full for every later booking wanting that kind.
+    pruning = not released
+    for booking in bookings:
+        for offer in released.get((booking.id, disruption.id), ()):
+            for space, places in held_places(offer).items():
+                if (offer.sailing_id, space) in free:
+                    free[(offer.sailing_id, space)] += places  # given back just before this booking's turn
+        terms = memos.terms(lambda row: _Terms(row, candidates, facts, settings), booking,
+                            (candidates_key, disruption_key))
+        wanted, items, suitable = terms.wanted, terms.items, terms.suitable.candidates
+        still_open = terms.suitable.still_open(memos.chunk) if pruning else suitable
+        offers: list[PlannedOffer] = []
+        index = 0
+        while index < len(still_open) and len(offers) < per_booking:
+            candidate = still_open[index]
+            shortest = min((free.get((candidate.sailing_id, space), -1) - places for space, places in items),
+                           default=0)
+            if shortest >= 0:
+                for space, places in items:
+                    free[(candidate.sailing_id, space)] -= places
+                    taken[(candidate.sailing_id, space)] += places
+                offers.append(_offer(booking, disruption_key, str(len(offers) + 1), "rebook", candidate.sailing_id,
+                                     "held", hold_until, deadline, wanted))
+            elif pruning and any(free.get((candidate.sailing_id, space), -1) <= 0 for space, _ in items):
+                del still_open[index]  # full for one of these kinds of place: full for the rest of the chunk
+                continue
+            index += 1
+        if not offers and suitable:
+            offers.append(_offer(booking, disruption_key, "1", "standby", suitable[0].sailing_id, "open", None,
+                                 deadline))
+        if terms.refund is not None:
+            offers.append(_money_offer(booking, disruption_key, REFUND_KEY, "refund", terms.refund, booking.currency,
+                                       deadline))
+        compensation = memos.compensation_of(session, facts, booking, terms.situation)
+        if compensation is not None:
+            offers.append(_money_offer(booking, disruption_key, COMPENSATION_KEY, "compensation", *compensation,
+                                       deadline))
+        planned[(booking.id, disruption.id)] = offers
+
+
+class _Suitable:
+    """The alternatives that suit a kind of booking, and those of them not yet found full in this chunk."""
+
+    def __init__(self, candidates: list[Candidate]) -> None:
+        self.candidates, self.open, self.chunk = candidates, list(candidates), -1
+
+    def still_open(self, chunk: int) -> list[Candidate]:
+        """The not-yet-full ones (all of them again in a new chunk: free places are read afresh)."""
+        if self.chunk != chunk:
+            self.open, self.chunk = list(self.candidates), chunk
+        return self.open
+
+
+class _Terms:
+    """What `offers` and `entitlements` say about one kind of booking on one sailing: the places it needs, the
+    alternatives that suit it, its refund, its situation (for compensation)."""
+
+    def __init__(self, booking: Any, candidates: list[Candidate], facts: Any, settings: Any) -> None:
+        disruption = facts.disruption
+        self.wanted = needs(booking)
+        self.items = tuple(self.wanted.items())
+        self.suitable = _Suitable([c for c in candidates if suits(c, booking, self.wanted)])
+        self.refund = refund_amount(booking, disruption, settings)
+        self.situation = entitlements.situation_of(booking, facts.sailing, facts.route, disruption)
+
+
+class _Memos:
+    """What allocation asks of `offers` and `entitlements` per booking, remembered per distinct input for the
+    whole broadcast (shapes.AttributeMemo: keyed by the booking attributes those functions read)."""
+
+    def __init__(self) -> None:
+        self.terms = AttributeMemo()
+        self.chunk = 0
+        self.compensation: dict[tuple, tuple[Decimal, str] | None] = {}
+        self.policies: dict[int, str] = {}
+
+    def compensation_of(self, session: Session, facts: Any, booking: BookingRow, situation: Any
+                        ) -> tuple[Decimal, str] | None:
+        """`entitlements.compensation`, once per (policies, situation): it depends on nothing else."""
+        disruption = facts.disruption
+        if disruption.id not in self.policies:
+            self.policies[disruption.id] = json.dumps(disruption.policy, sort_keys=True, default=str)
+        key = (self.policies[disruption.id], situation)
+        if key not in self.compensation:
+            self.compensation[key] = entitlements.compensation(session, booking, disruption)
+        return self.compensation[key]
+
+    def new_chunk(self) -> None:
+        """Free places are read again for each chunk (and each retry): what was found full may have room again."""
+        self.chunk += 1
+
+
+def _offer(booking: BookingRow, disruption: tuple[int, int], key: str, kind: str, sailing_id: int | None,
+           status: str, hold_until: datetime | None, deadline: datetime, holds: dict[str, int] | None = None
+           ) -> PlannedOffer:
+    return PlannedOffer(booking.id, disruption[0], disruption[1], key, kind, sailing_id, booking.space_class,
+                        booking.places, status, hold_until, deadline, dict(holds or {}))
+
+
+def _money_offer(booking: BookingRow, disruption: tuple[int, int], key: str, kind: str, amount: Decimal,
+                 currency: str, deadline: datetime) -> PlannedOffer:
+    offer = _offer(booking, disruption, key, kind, None, "open", None, deadline)
+    offer.amount, offer.currency = amount, currency
+    return offer
+
+
+def _hold_all(session: Session, taken: Counter) -> bool:
+    """One conditional UPDATE per (sailing, class), as one executemany: True when every one matched its row."""
+    if not taken:
+        return True
+    mark = "?" if session.connection().dialect.paramstyle == "qmark" else "%s"
+    sql = (f"UPDATE sailing_capacities SET held = held + {mark} WHERE sailing_id = {mark} AND space_class = {mark} "
+           f"AND capacity - booked - held >= {mark}")
+    rows = [(places, sailing_id, space, places) for (sailing_id, space), places in sorted(taken.items())]
+    return session.connection().exec_driver_sql(sql, rows).rowcount == len(rows)
+
+
+def _insert_offers(session: Session, offers: list[PlannedOffer]) -> None:
+    created = utcnow()
+    bulk_insert(session, Offer.__table__, OFFER_COLUMNS, [
+        (o.booking_id, o.disruption_id, o.revision, o.option_key, o.kind, o.sailing_id, o.space_class, o.places,
+         o.amount, o.currency, o.status, o.hold_expires_at, o.holds, o.deadline, created) for o in offers])
+
+
+# --- recipients and notices ----------------------------------------------------------------------------------------
+
+def opted_out_among(session: Session, addresses: set[str]) -> frozenset[tuple[str, str]]:
+    """The (channel, address) opt-outs among these addresses (not the whole table: it can be large)."""
+    found: set[tuple[str, str]] = set()
+    for page in _pages(sorted(addresses)):
+        found.update(tuple(row) for row in session.execute(
+            select(OptOut.channel, OptOut.address).where(OptOut.address.in_(page))))
+    return frozenset(found)
+
+
+def checked_contacts(customers: list[CustomerRow]) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Each customer's current contact check, and the ones that had to be made now (to be stored)."""
+    checks, fresh = {}, {}
+    for customer in customers:
+        if customer.id in checks:
+            continue
+        check = customer.contact_check
+        if not is_current(check, customer.phone, customer.email):
+            check = fresh[customer.id] = contact_check(customer.phone, customer.email)
+        checks[customer.id] = check
+    return checks, fresh
+
+
+@dataclass
+class ChunkNotices:
+    """What one chunk planned: the outbox rows, the bookings, and who could not be reached."""
+
+    rows: list[tuple] = field(default_factory=list)
+    bookings: int = 0
+    unreachable: list[Unreachable] = field(default_factory=list)
+
+
+def plan_chunk(session: Session, broadcast_id: int, parts: list[Any], settings: Any, now: datetime,
+               initial_status: str, result: Any) -> None:
+    """Plan one chunk: `parts` are (sailing plan, booking ids) in planning order (broadcasts.ChunkPart)."""
+    ids = [booking_id for part in parts for booking_id in part.booking_ids]
+    chunk = read_chunk(session, ids)
+    made = offers_made(session, ids)
+    work = []
+    for part in parts:
+        disruption = part.plan.facts.disruption
+        new = [chunk[i][0] for i in part.booking_ids
+               if i in chunk and (i, disruption.id, disruption.revision) not in made]
+        if part.plan.notice.new_offers and new:
+            work.append((part.plan, new))
+    planned = allocate_offers(session, work, settings, now) if work else {}
+    checks, fresh = checked_contacts([customer for _, customer in chunk.values()])
+    respect = settings.safety_critical_opt_out != "send"
+    addresses = {check[kind][0] for check in checks.values() for kind in ("sms", "mail") if check[kind][0]}
+    stops = opted_out_among(session, addresses) if respect else frozenset()
+    notices = ChunkNotices()
+    for part in parts:
+        _part_notices(part, chunk, made, planned, checks, stops, respect, broadcast_id, initial_status, now, notices)
+    store_checks(session, fresh)
+    _commit_notices(session, broadcast_id, notices, result)
+
+
+def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], made: dict, planned: dict,
+                  checks: dict[int, dict[str, Any]], stops: frozenset, respect: bool, broadcast_id: int,
+                  initial_status: str, now: datetime, notices: ChunkNotices) -> None:
+    from .broadcasts import dedup_key
+
+    plan = part.plan
+    disruption = plan.facts.disruption
+    disruption_id, revision, book, suffix = disruption.id, disruption.revision, plan.book, plan.notice.key_suffix
+    template, channels = plan.template, plan.channels
+    # Urgent first: EU notices under the Art 16(1) clock ahead of all, then by departure (pipeline._after_planning
+    # gives automatic broadcasts the same priority again; a duty officer's broadcast gets it only here).
+    priority = entitlements.notice_priority(plan.facts.sailing.scheduled_departure, plan.facts.route.jurisdiction,
+                                            disruption.kind)
+    rows, unreachable = notices.rows, notices.unreachable
+    for booking_id in part.booking_ids:
+        found = chunk.get(booking_id)
+        if found is None:
+            continue  # gone since the chunk was cut
+        booking, customer = found
+        notices.bookings += 1
+        offers = made.get((booking_id, disruption_id, revision)) or planned.get((booking_id, disruption_id), [])
+        recipients, missing = recipients_checked(booking, customer, checks[customer.id], channels, stops, respect)
+        if missing:
+            unreachable += missing
+        if not recipients:
+            continue
+        deadline = next((o.deadline for o in offers if o.deadline), None)
+        for recipient, rendered in zip(recipients, book.notices(booking, customer, offers, deadline, recipients),
+                                       strict=True):
+            rows.append((dedup_key(booking_id, recipient.address, recipient.channel, disruption_id, revision) + suffix,
+                         booking_id, customer.id,
+                         disruption_id, revision, broadcast_id, recipient.channel, recipient.address,
+                         rendered.language, template, "notice", rendered.subject, rendered.body_text,
+                         rendered.body_html, rendered.segments, True, initial_status, priority, 0, now))
+
+
+def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, result: Any) -> None:
+    from .broadcasts import note_skipped
+
+    result.unreachable.extend(notices.unreachable)
+    result.bookings += notices.bookings
+    if not notices.rows:
+        return
+    created = utcnow()
+    rows = [row[:-1] + (created,) for row in notices.rows]
+    for row in rows:
+        result.by_channel_language[(row[6], row[8])] += 1
+        result.segments += row[14]
+    inserted = max(bulk_insert(session, Notification.__table__, NOTICE_COLUMNS, rows, skip_duplicates=True), 0)
+    result.notifications += inserted
+    result.skipped_existing += len(rows) - inserted
+    if inserted < len(rows):
+        note_skipped(session, broadcast_id, [row[0] for row in rows], result)
+
+
+# --- bulk writes ---------------------------------------------------------------------------------------------------
+
+# SQLite, while planning: a 64 MB page cache (a chunk touches the outbox's indexes all over), and no WAL checkpoint
+# at the chunk's commit: checkpointing while 100,000 notices are written copies every page twice and halves the
+# speed. The next ordinary commit (dispatcher, watcher, CLI) checkpoints as usual; so does the connection itself
+# once it is back in the pool, where its own settings are restored.
+PLANNING_PRAGMAS = {"cache_size": -65536, "wal_autocheckpoint": 0}
+
+
+def defer_checkpoint(session: Session) -> None:
+    """On SQLite, give this transaction's connection the planning settings until it goes back to the pool."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    pooled = connection.connection
+    if "notifier_restore" in pooled.info:
+        return
+    engine = connection.engine
+    if not event.contains(engine, "checkin", _restore_pragmas):
+        event.listen(engine, "checkin", _restore_pragmas)
+    driver = pooled.driver_connection
+    pooled.info["notifier_restore"] = {name: driver.execute(f"PRAGMA {name}").fetchone()[0]
+                                       for name in PLANNING_PRAGMAS}
+    for name, value in PLANNING_PRAGMAS.items():
+        driver.execute(f"PRAGMA {name} = {int(value)}")
+
+
+def _restore_pragmas(dbapi_connection: Any, record: Any) -> None:
+    saved = record.info.pop("notifier_restore", None)
+    for name, value in (saved or {}).items():
+        dbapi_connection.execute(f"PRAGMA {name} = {int(value)}")
+
+
+def bulk_insert(session: Session, table: Table, columns: tuple[str, ...], rows: list[tuple],
+                skip_duplicates: bool = False) -> int:
+    """Write many rows at once, values converted by the columns' own types (each distinct value once); returns
+    how many were inserted. `skip_duplicates`: a row whose unique key exists is skipped (ON CONFLICT DO NOTHING).
+    SQLite: the driver's executemany. PostgreSQL: COPY (through a temporary table when skipping duplicates)."""
+    if not rows:
+        return 0
+    connection = session.connection()
+    dialect = connection.dialect
+    processors = [(index, processor) for index, name in enumerate(columns)
+                  if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+    if processors:
+        memos = [(index, processor, {}) for index, processor in processors]
+        rows = [_converted(row, memos) for row in rows]
+    names = ", ".join(columns)
+    if dialect.name == "postgresql":
+        return _copy_in(connection.connection.driver_connection, table.name, names, rows, skip_duplicates)
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([mark] * len(columns))})"
+           + (" ON CONFLICT DO NOTHING" if skip_duplicates else ""))
+    return connection.exec_driver_sql(sql, rows).rowcount
+
+
+def _copy_in(driver: Any, table: str, names: str, rows: list[tuple], skip_duplicates: bool) -> int:
+    # COPY moves 100,000 rows in a fraction of what as many INSERTs take, even pipelined; it cannot skip a
+    # duplicate, so those rows go through a temporary table and one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+    with driver.cursor() as cursor:
+        target = table
+        if skip_duplicates:
+            target = f"planning_{table}"
+            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {target} "
+                           f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        with cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        if not skip_duplicates:
+            return len(rows)
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {target} ON CONFLICT DO NOTHING")
+        inserted = cursor.rowcount
+        cursor.execute(f"TRUNCATE {target}")
+        return inserted
+
+
+def _converted(row: tuple, memos: list[tuple[int, Any, dict]]) -> tuple:
+    # Times, amounts, flags and small documents repeat across a chunk: each distinct value is converted once
+    # (equal values convert alike); what cannot be hashed is converted every time.
+    values = list(row)
+    for index, processor, known in memos:
+        value = values[index]
+        if value is None:
+            continue
+        key = tuple(value.items()) if isinstance(value, dict) else value  # a JSON document by its items
+        try:
+            converted = known.get(key)
+            if converted is None:
+                converted = known[key] = processor(value)
+        except TypeError:
+            converted = processor(value)
+        values[index] = converted
+    return tuple(values)
