@@ -85,11 +85,14 @@ def run_atheris(target: str, seconds: int) -> bool:
     done = subprocess.run([sys.executable, __file__, "--worker", target, f"-max_total_time={seconds}",
                            f"-artifact_prefix={ARTIFACTS}/", "-max_len=65536", "-print_final_stats=1",
                            str(corpus)], cwd=CHECKOUT, check=False, capture_output=True, text=True)
-    stats = [line for line in done.stderr.splitlines() if line.startswith(("stat::number_of_executed_units",
-                                                                           "stat::average_exec_per_sec"))]
-    figures = ", ".join(line.split(":", 2)[2].strip() for line in stats) or "no stats"
-    print(f"atheris {target}: {time.monotonic() - started:.0f} s, runs and runs/s: {figures}, "
-          f"{'no crash' if done.returncode == 0 else 'CRASH'}", flush=True)
+    stats = dict(line[6:].split(":", 1) for line in done.stderr.splitlines() if line.startswith("stat::"))
+    runs, rate = (int(stats.get(name, "0").strip() or 0) for name in ("number_of_executed_units",
+                                                                      "average_exec_per_sec"))
+    coverage = next((line.split("cov: ")[1].split()[0] for line in reversed(done.stderr.splitlines())
+                     if "cov: " in line), "?")
+    print(f"atheris {target}: {time.monotonic() - started:.0f} s, {runs:,} inputs ({rate:,}/s), {coverage} edges "
+          f"covered, {'no crash' if done.returncode == 0 else 'CRASH (input saved in ' + str(ARTIFACTS) + ')'}",
+          flush=True)
     if done.returncode != 0:
         print("\n".join(done.stderr.splitlines()[-40:]), file=sys.stderr)
     return done.returncode == 0
@@ -126,7 +129,14 @@ def worker(target: str, libfuzzer_args: list[str]) -> None:
 
     sys.path.insert(0, str(CHECKOUT))
     with atheris.instrument_imports(include=["notifier", "defusedxml"]):
-        import notifier.feeds.sniff  # noqa: F401 - imported here so that it is instrumented
+        # Imported here, before `checked_parse` needs them, so that libFuzzer sees their branches.
+        import notifier.feeds.atom  # noqa: F401
+        import notifier.feeds.cap  # noqa: F401
+        import notifier.feeds.dcsa  # noqa: F401
+        import notifier.feeds.gtfs_rt  # noqa: F401
+        import notifier.feeds.nws  # noqa: F401
+        import notifier.feeds.port_status  # noqa: F401
+        import notifier.feeds.sniff  # noqa: F401
     atheris.Setup([sys.argv[0], *libfuzzer_args], lambda data: checked_parse(target, data))
     atheris.Fuzz()
 
