@@ -158,6 +158,20 @@ def db_upgrade(ctx: click.Context) -> None:
     click.echo(f"database at revision {current_revision(settings.database_url)}")
 
 
+@db.command("check-contacts")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Check with this many processes (the check is CPU-bound).")
+@click.pass_context
+@friendly_errors
+def db_check_contacts(ctx: click.Context, processes: int) -> None:
+    """Check and store every customer's phone and email now (after a booking import), so that a big broadcast
+    does not have to; customers whose stored check is current are skipped."""
+    from notifier.contacts import check_contacts
+
+    checked = check_contacts(open_database(settings_from(ctx)), processes=processes)
+    click.echo(f"checked the contacts of {checked} customer(s); the others were already current")
+
+
 # --- feeds ----------------------------------------------------------------------------------------------------------
 
 @main.group()

@@ -462,11 +462,11 @@ def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], m
         deadline = next((o.deadline for o in offers if o.deadline), None)
         for recipient, rendered in zip(recipients, book.notices(booking, customer, offers, deadline, recipients),
                                        strict=True):
-            rows.append((dedup_key(booking_id, recipient.address, recipient.channel, disruption_id, revision) + suffix,
-                         booking_id, customer.id,
-                         disruption_id, revision, broadcast_id, recipient.channel, recipient.address,
-                         rendered.language, template, "notice", rendered.subject, rendered.body_text,
-                         rendered.body_html, rendered.segments, True, initial_status, priority, 0, now))
+            key = dedup_key(booking_id, recipient.address, recipient.channel, disruption_id, revision) + suffix
+            rows.append((key, booking_id, customer.id, disruption_id, revision, broadcast_id, recipient.channel,
+                         recipient.address, rendered.language, template, "notice", rendered.subject,
+                         rendered.body_text, rendered.body_html, rendered.segments, True, initial_status, priority,
+                         0, now))
 
 
 def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, result: Any) -> None:

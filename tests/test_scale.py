@@ -355,3 +355,31 @@ def test_bulk_planning_on_postgresql_matches_sqlite(postgres_url, factory, tmp_s
     assert on_postgres["offers"] == on_sqlite["offers"]
     assert on_postgres["counters"] == on_sqlite["counters"]
     assert all(isinstance(row.amount, Decimal) for row in on_postgres["offers"] if row.kind == "refund")
+
+
+def test_the_choice_link_of_a_shape_is_the_link_every_notice_carries(factory, tmp_settings):
+    plan_broadcast(factory, typhoon_db(factory), tmp_settings, now=DEMO_NOW)
+    facts = sailing_facts(factory)
+    book = ShapeBook(facts, "cancelled", tmp_settings, None)
+    for booking_id in (1, 35, 36, 1295, 1296, 46655, 46656, 10**9 + 7):
+        for deadline in (None, DEMO_NOW + timedelta(hours=12)):
+            assert book.link(booking_id, deadline) == broadcasts.choice_link(
+                tmp_settings, booking_id, facts.disruption.id, deadline or facts.sailing.scheduled_departure)
+
+
+def test_contacts_can_be_checked_ahead_of_a_storm_from_the_command_line(factory, tmp_settings):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    generate(factory, 100, DEMO_NOW)
+    env = {"NOTIFIER_DATABASE_URL": tmp_settings.database_url, "NOTIFIER_CONFIG": ""}
+    first = CliRunner().invoke(main, ["db", "check-contacts"], env=env)
+    again = CliRunner().invoke(main, ["db", "check-contacts", "--processes", "2"], env=env)
+    with factory() as session:
+        customers = session.scalars(select(Customer)).all()
+
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert first.output == f"checked the contacts of {len(customers)} customer(s); the others were already current\n"
+    assert again.output.startswith("checked the contacts of 0 customer(s)")
+    assert all(is_current(c.contact_check, c.phone, c.email) for c in customers)
