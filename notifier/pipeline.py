@@ -22,8 +22,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, literal, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from . import NotifierError, audit
 from .audience import AUDIENCE_KINDS, opted_out, recipients_for
@@ -301,6 +301,7 @@ def _plan_notice_rows(session: Session, broadcast_id: int, disruption_id: int, s
                                                      Notification.status.in_(TOLD))
         query = query.where(Booking.id.in_(told))
     stops, respect = opted_out(session), settings.safety_critical_opt_out != "send"
+    priority = notice_priority(sailing.scheduled_departure, facts.route.jurisdiction, disruption.kind)
     values = []
     for booking, customer in session.execute(query).all():
         recipients, unreachable = recipients_for(booking, customer, list(broadcast.channels), stops, respect)
@@ -317,7 +318,7 @@ def _plan_notice_rows(session: Session, broadcast_id: int, disruption_id: int, s
                 "recipient": recipient.address, "language": rendered.language, "template": broadcast.template,
                 "purpose": "notice", "subject": rendered.subject, "body_text": rendered.body_text,
                 "body_html": rendered.body_html, "segments": rendered.segments, "safety_critical": True,
-                "status": initial_status, "priority": int(sailing.scheduled_departure.timestamp()),
+                "status": initial_status, "priority": priority,
                 "attempts": 0, "created_at": utcnow()})
     if values:
         inserted = max(session.execute(insert_ignore(Notification.__table__, session), values).rowcount, 0)
@@ -331,62 +332,53 @@ def _plan_notice_rows(session: Session, broadcast_id: int, disruption_id: int, s
 
 def _after_planning(factory: sessionmaker[Session], broadcast_id: int, settings: Settings, now: datetime,
                     automatic: bool) -> None:
-    """EU priority, then (automatic broadcasts) withdraw older unsent notices and space notices to one customer."""
+    """Automatic broadcasts: withdraw older unsent notices and space notices to one customer. Set-based: a typhoon's
+    broadcast holds 100,000+ notices, and only the few that an older notice or a recent one concerns are touched
+    (the planner already gave every notice its priority, EU Art 16(1) first)."""
+    if not automatic:
+        return
     with transaction(factory) as session:
-        rows = session.execute(
-            select(Notification, Sailing.scheduled_departure, Route.jurisdiction, Disruption.kind)
-            .join(Disruption, Disruption.id == Notification.disruption_id)
-            .join(Sailing, Sailing.id == Disruption.sailing_id).join(Route, Route.id == Sailing.route_id)
-            .where(Notification.broadcast_id == broadcast_id, Notification.status.in_(PENDING))).all()
-        for notification, departure, jurisdiction, kind in rows:
-            notification.priority = notice_priority(departure, jurisdiction, kind)
-        if not automatic or not rows:
-            return
-        rows = [row for row in rows if row[0].booking_id is not None]
-        _withdraw_older(session, broadcast_id, rows, now)
-        _space_out(session, rows, sorted({n.booking_id for n, *_ in rows}), settings, now)
+        _withdraw_older(session, broadcast_id, now)
+        _space_out(session, broadcast_id, settings, now)
 
 
-def _notices_to(booking_ids: list[int], automatic_only: bool):  # noqa: ANN202
-    # In pages, so the IN list stays well under every engine's parameter limit.
-    for start in range(0, len(booking_ids), 500):
-        query = select(Notification).where(Notification.booking_id.in_(booking_ids[start:start + 500]),
-                                           Notification.purpose == "notice")
-        if automatic_only:
-            query = query.join(Broadcast, Broadcast.id == Notification.broadcast_id).where(
-                Broadcast.origin == "automatic")
-        yield query
-
-
-def _withdraw_older(session: Session, broadcast_id: int, rows: list, now: datetime) -> None:
+def _withdraw_older(session: Session, broadcast_id: int, now: datetime) -> None:
     # A customer's newest notice states the whole situation; an older automatic one still waiting on the same
     # channel would only contradict it. A duty officer's own notices are left alone.
-    fresh = {(n.booking_id, n.channel) for n, *_ in rows}
-    stale_ids = []
-    for query in _notices_to(sorted({b for b, _ in fresh}), automatic_only=True):
-        stale = query.where(Notification.broadcast_id < broadcast_id, Notification.status.in_(PENDING))
-        stale_ids += [i for i, booking_id, channel in session.execute(stale.with_only_columns(
-            Notification.id, Notification.booking_id, Notification.channel)) if (booking_id, channel) in fresh]
-    if stale_ids:
-        session.execute(update(Notification).where(Notification.id.in_(stale_ids))
-                        .values(status="cancelled", final_at=now, error_message="replaced by a newer notice")
-                        .execution_options(synchronize_session=False))
+    old, new = aliased(Notification), aliased(Notification)
+    stale = (select(old.id).join(Broadcast, Broadcast.id == old.broadcast_id)
+             .join(new, (new.booking_id == old.booking_id) & (new.channel == old.channel))
+             .where(new.broadcast_id == broadcast_id, new.status.in_(PENDING), old.broadcast_id < broadcast_id,
+                    old.status.in_(PENDING), old.purpose == "notice", Broadcast.origin == "automatic"))
+    session.execute(update(Notification).where(Notification.id.in_(stale))
+                    .values(status="cancelled", final_at=now, error_message="replaced by a newer notice")
+                    .execution_options(synchronize_session=False))
 
 
-def _space_out(session: Session, rows: list, booking_ids: list[int], settings: Settings, now: datetime) -> None:
+def _space_out(session: Session, broadcast_id: int, settings: Settings, now: datetime) -> None:
+    # Only customers told within the interval are read back: on a first warning that is nobody.
     interval = timedelta(minutes=settings.min_notice_interval_minutes)
     if interval <= timedelta(0):
         return
-    last_told: dict[tuple[int, str], datetime] = {}
-    for query in _notices_to(booking_ids, automatic_only=False):
-        told = query.where(Notification.status.in_(TOLD)).with_only_columns(
-            Notification.booking_id, Notification.channel, Notification.sent_at)
-        for booking_id, channel, sent_at in session.execute(told):
-            moment = sent_at or now
-            if moment > last_told.get((booking_id, channel), moment - timedelta(seconds=1)):
-                last_told[(booking_id, channel)] = moment
+    told, fresh = aliased(Notification), aliased(Notification)
+    moment = func.coalesce(told.sent_at, literal(now, Notification.sent_at.type))
+    last_told = func.max(moment, type_=Notification.sent_at.type)
+    recent = dict(((booking_id, channel), told_at) for booking_id, channel, told_at in session.execute(
+        select(told.booking_id, told.channel, last_told)
+        .join(fresh, (fresh.booking_id == told.booking_id) & (fresh.channel == told.channel))
+        .where(fresh.broadcast_id == broadcast_id, fresh.status.in_(PENDING), told.purpose == "notice",
+               told.status.in_(TOLD))
+        .group_by(told.booking_id, told.channel).having(last_told > now - interval)))
+    if not recent:
+        return
+    rows = session.execute(
+        select(Notification, Sailing.scheduled_departure, Route.jurisdiction, Disruption.kind)
+        .join(Disruption, Disruption.id == Notification.disruption_id)
+        .join(Sailing, Sailing.id == Disruption.sailing_id).join(Route, Route.id == Sailing.route_id)
+        .where(Notification.broadcast_id == broadcast_id, Notification.status.in_(PENDING),
+               Notification.booking_id.in_(sorted({booking_id for booking_id, _ in recent})))).all()
     for notification, departure, jurisdiction, kind in rows:
-        told_at = last_told.get((notification.booking_id, notification.channel))
+        told_at = recent.get((notification.booking_id, notification.channel))
         if told_at is None or told_at + interval <= now:
             continue
         due = told_at + interval

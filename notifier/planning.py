@@ -442,8 +442,7 @@ def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], m
     disruption = plan.facts.disruption
     disruption_id, revision, book, suffix = disruption.id, disruption.revision, plan.book, plan.notice.key_suffix
     template, channels = plan.template, plan.channels
-    # Urgent first: EU notices under the Art 16(1) clock ahead of all, then by departure (pipeline._after_planning
-    # gives automatic broadcasts the same priority again; a duty officer's broadcast gets it only here).
+    # Urgent first: EU notices under the Art 16(1) clock ahead of all, then by departure (set here, once).
     priority = entitlements.notice_priority(plan.facts.sailing.scheduled_departure, plan.facts.route.jurisdiction,
                                             disruption.kind)
     rows, unreachable = notices.rows, notices.unreachable
