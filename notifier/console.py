@@ -233,7 +233,7 @@ def follow(factory: sessionmaker[Session], broadcast_id: int, settings: Settings
                     break
                 time.sleep(interval)
     except KeyboardInterrupt:
-        pass
+        console.print("stopped following; what is still queued stays queued for `notifier dispatch`")
     finally:
         stop.set()
         if sender is not None and sender.is_alive():

@@ -235,6 +235,9 @@ class _Reading:
         return getattr(self._target, name)
 
 
+_UNSEEN = object()  # a memo's miss (None is a value worth remembering)
+
+
 class AttributeMemo:
     """Remembers what a function made of a row, keyed by the values of the attributes it read (learned by
     watching it read them): a row whose read attributes are all equal gets the same answer, because the function
@@ -249,10 +252,9 @@ class AttributeMemo:
         """compute(row-like) for this row, from memory when an equal row was seen; `extra` keys what compute
         depends on besides the row."""
         key = (extra, *[getattr(row, name) for name in self.names])
-        try:
-            return self.known[key]
-        except KeyError:
-            pass
+        known = self.known.get(key, _UNSEEN)
+        if known is not _UNSEEN:
+            return known
         reads: set[str] = set()
         value = compute(_Reading(row, reads, self.marks))
         if not reads.issubset(self.names):
