@@ -336,10 +336,11 @@ class _OfferSet:
 
 
 def handle_sms_reply(session: Session, settings: Settings, from_number: str, body: str,
-                     now: datetime | None = None) -> str | None:
+                     now: datetime | None = None, message_sid: str | None = None) -> str | None:
     """Answer one inbound SMS (not STOP/START/HELP) in the caller's transaction: a keyword takes that option of
     the sender's latest open offers, other text is kept for the follow-up worklist; returns the reply text
-    (None for an empty message). An unknown number gets a polite reply and changes nothing."""
+    (None for an empty message). An unknown number gets a polite reply and changes nothing. `message_sid` is
+    Twilio's MessageSid: a re-delivered reply with a known one is answered again but kept only once."""
     if not (body or "").strip():
         return None
     now = now or utcnow()
@@ -351,10 +352,8 @@ def handle_sms_reply(session: Session, settings: Settings, from_number: str, bod
     keys = choice_keys(current_offers(session, target.booking_id, target.disruption_id))
     key = reply_keyword(body)
     if key is None:
-        session.add(CustomerResponse(booking_id=target.booking_id, disruption_id=target.disruption_id,
-                                     channel="sms", choice="free_text", raw_text=body[:FREE_TEXT_LIMIT],
-                                     received_at=now))
-        audit.record(session, "customer:sms", "response.free_text", "booking", booking.id, booking_ref=booking.ref)
+        if not _already_kept(session, message_sid):
+            _keep_free_text(session, target, booking, body, now, message_sid)
         return _reply(target.language, "free_text", settings, booking.ref, keys)
     try:
         outcome = record_choice(session, settings, target.booking_id, target.disruption_id, key, "sms", now,
@@ -363,6 +362,27 @@ def handle_sms_reply(session: Session, settings: Settings, from_number: str, bod
         return _reply(target.language, refused.reason, settings, booking.ref, refused.keys or keys)
     context = confirmation_context(session, settings, outcome, target.language)
     return render("sms", "confirmation", target.language, context).body_text
+
+
+def _already_kept(session: Session, message_sid: str | None) -> bool:
+    # Twilio re-delivers a webhook it got no timely answer for, with the same MessageSid.
+    if not message_sid:
+        return False
+    return session.scalar(select(CustomerResponse.id).where(CustomerResponse.external_id == _sid_key(message_sid))
+                          .limit(1)) is not None
+
+
+def _sid_key(message_sid: str | None) -> str | None:
+    # A real SID is 34 characters; a forged long one must still fit the column (and match its own replay).
+    return message_sid[:300] if message_sid else None
+
+
+def _keep_free_text(session: Session, target: _OfferSet, booking: Booking, body: str, now: datetime,
+                    message_sid: str | None) -> None:
+    session.add(CustomerResponse(booking_id=target.booking_id, disruption_id=target.disruption_id,
+                                 channel="sms", choice="free_text", raw_text=body[:FREE_TEXT_LIMIT],
+                                 received_at=now, external_id=_sid_key(message_sid)))
+    audit.record(session, "customer:sms", "response.free_text", "booking", booking.id, booking_ref=booking.ref)
 
 
 def _latest_offer_set(session: Session, number: str, now: datetime) -> _OfferSet | None:

@@ -182,10 +182,11 @@ def twilio_inbound() -> Response:
             record_help(session, phone, body, _now())
     if word is not None:
         return _twiml(reply(settings, word, language))
-    return _twiml(_answer_reply(settings, phone, body, language))
+    sid = request.form.get("MessageSid") or request.form.get("SmsSid")  # same on a re-delivery
+    return _twiml(_answer_reply(settings, phone, body, language, sid))
 
 
-def _answer_reply(settings: Settings, phone: str, body: str, language: str) -> str | None:
+def _answer_reply(settings: Settings, phone: str, body: str, language: str, sid: str | None) -> str | None:
     try:
         responses = importlib.import_module(f"{__package__}.responses")  # another team's module, loaded late
     except ImportError:
@@ -194,7 +195,9 @@ def _answer_reply(settings: Settings, phone: str, body: str, language: str) -> s
         with transaction(_factory()) as session:
             now = _now()
             thanks = answer_sms_score(session, settings, phone, body, now)
-            return thanks if thanks is not None else responses.handle_sms_reply(session, settings, phone, body, now)
+            if thanks is not None:
+                return thanks
+            return responses.handle_sms_reply(session, settings, phone, body, now, message_sid=sid)
     except Exception:  # noqa: BLE001 - the customer still gets an answer; the error goes to the log
         log.exception("the SMS reply from %s could not be handled", mask_contact(phone))
         return reply(settings, "help", language)

@@ -165,14 +165,17 @@ def test_a_replayed_stop_records_one_opt_out(client, factory):
     assert len(recorded) == 1 and notice.recipient not in str(recorded)
 
 
-@pytest.mark.xfail(strict=True, reason="responses.handle_sms_reply (notifier/responses.py:338) stores free text "
-                   "without the inbound MessageSid, so a replayed or re-delivered SMS is kept twice; pass the SID and "
-                   "keep it in CustomerResponse.external_id")
 def test_a_replayed_free_text_reply_is_kept_once(client, factory):
     notice = sms_notice(factory, "en")
     fields = inbound(notice.recipient, "My wheelchair needs the lower deck, please call")
-    for _ in range(2):
-        assert post_signed(client, "/twilio/inbound", fields).status_code == 200
+    answered = post_signed(client, "/twilio/inbound", fields)
+    first = db_state(factory)
+
+    again = post_signed(client, "/twilio/inbound", fields)
+
+    assert answered.status_code == again.status_code == 200
+    assert again.get_data(as_text=True) == answered.get_data(as_text=True)
+    assert db_state(factory) == first
     with factory() as session:
         kept = session.scalar(select(func.count()).select_from(CustomerResponse)
                               .where(CustomerResponse.choice == "free_text"))
