@@ -1115,12 +1115,44 @@ def _preview_sailings(session: Session, disruption_ids: list[int], target: dict[
             for disruption, sailing, port in rows]
 
 
+# The person a preview sample is addressed to, by the notice's language: the preview is shown and pasted to
+# people who have no business seeing which customer happened to be first.
+SAMPLE_PERSON = {"en": "Sample Passenger", "zh": "示例乘客"}
+
+
 def _samples(session: Session, broadcast_id: int) -> list[Sample]:
     first = select(func.min(Notification.id)).where(Notification.broadcast_id == broadcast_id) \
         .group_by(Notification.channel, Notification.language)
-    rows = session.scalars(select(Notification).where(Notification.id.in_(first))
+    rows = session.execute(select(Notification, Customer).outerjoin(Customer, Customer.id == Notification.customer_id)
+                           .where(Notification.id.in_(first))
                            .order_by(Notification.channel.desc(), Notification.language.desc()))
-    return [Sample(n.channel, n.language, n.subject, n.body_text, n.segments) for n in rows]
+    return [_sample_for_nobody(notice, customer) for notice, customer in rows]
+
+
+def _sample_for_nobody(notice: Notification, customer: Customer | None) -> Sample:
+    """The notice as sent, but to a placeholder person: name, phone and email stood in for, link token blanked."""
+    stand_ins = _stand_ins(notice, customer)
+    return Sample(notice.channel, notice.language, _without_person(notice.subject, stand_ins),
+                  _without_person(notice.body_text, stand_ins), notice.segments)
+
+
+def _stand_ins(notice: Notification, customer: Customer | None) -> dict[str, str]:
+    from .privacy import mask_contact
+
+    found = {notice.recipient: mask_contact(notice.recipient)}
+    if customer is not None:
+        found |= {customer.phone: mask_contact(customer.phone), customer.email: mask_contact(customer.email),
+                  customer.name: SAMPLE_PERSON["zh" if notice.language.startswith("zh") else "en"]}
+    return {real: shown for real, shown in found.items() if real and real.strip()}
+
+
+def _without_person(text: str | None, stand_ins: dict[str, str]) -> str | None:
+    if text is None:
+        return None
+    # Longest first, so a name that is part of an email address goes with the address, masked.
+    for real in sorted(stand_ins, key=len, reverse=True):
+        text = text.replace(real, stand_ins[real])
+    return links.blank_tokens(text)
 
 
 def _offers_summary(session: Session, disruption_ids: list[int]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -79,3 +80,13 @@ def read_token(secret: str, token: str, now: datetime | None = None) -> ChoiceLi
 def choice_url(base_url: str, token: str) -> str:
     """The customer-facing URL for a token."""
     return f"{base_url.rstrip('/')}/c/{token}"
+
+
+# A choice URL's token as make_token writes it: three base-36 ids, a dot, the URL-safe signature.
+_CHOICE_TOKEN = re.compile(r"(?<=/c/)[0-9a-z]+-[0-9a-z]+-[0-9a-z]+\.[A-Za-z0-9_-]+")
+
+
+def blank_tokens(text: str) -> str:
+    """The text with every choice link's token replaced by x's of the same shape: a link that shows what the
+    customer gets (its length counts towards the SMS segments) but chooses nothing for anyone."""
+    return _CHOICE_TOKEN.sub(lambda token: re.sub(r"[0-9A-Za-z_]", "x", token.group()), text)

@@ -17,8 +17,9 @@ from notifier import NotifierError, UsageError, broadcasts, messages
 from notifier.broadcasts import ApprovalNeeded, BroadcastRequest, NothingToSend
 from notifier.channels import channels_for
 from notifier.dispatch import Dispatcher
+from notifier.links import blank_tokens
 from notifier.messages import TemplateError
-from notifier.models import (AuditEntry, Booking, Broadcast, Disruption, Notification, Offer, Sailing,
+from notifier.models import (AuditEntry, Booking, Broadcast, Customer, Disruption, Notification, Offer, Sailing,
                              SailingCapacity)
 from tests.conftest import DEMO_NOW
 
@@ -62,6 +63,12 @@ def notices(factory, broadcast_id: int) -> list[Notification]:
                                     .order_by(Notification.id)))
 
 
+def as_a_sample(notice: Notification, name: str) -> str:
+    """A notice as the preview shows it."""
+    placeholder = "示例乘客" if notice.language.startswith("zh") else "Sample Passenger"
+    return blank_tokens(notice.body_text.replace(name, placeholder))
+
+
 def outbox_lines(settings) -> list[dict]:
     path = Path(settings.outbox_dir) / "sms.jsonl"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
@@ -89,7 +96,12 @@ def test_a_manual_broadcast_is_held_exactly_as_its_preview_says(factory, demo_db
     assert preview.sms_cost == (tmp_settings.sms_price_per_segment * preview.sms_segments).quantize(Decimal("0.01"))
     assert {(s.channel, s.language) for s in preview.samples} == set(preview.messages)
     shown = {(s.channel, s.language): s.body for s in preview.samples}
-    assert all(any(n.body_text == body for n in rows) for body in shown.values())
+    # Each sample is one of the held notices, addressed to a placeholder person and with a link that chooses
+    # nothing: the rest is as it will go out.
+    with factory() as session:
+        names = dict(session.execute(select(Customer.id, Customer.name)).all())
+    assert all(any(as_a_sample(n, names[n.customer_id]) == body for n in rows) for body in shown.values())
+    assert not any(name in body for name in names.values() for body in shown.values())
     assert all("delayed" in n.body_text.lower() or "延误" in n.body_text for n in rows if n.channel == "sms")
     # Held means held: the dispatcher sends nothing until `send`.
     assert send_all(factory, tmp_settings).sent == 0

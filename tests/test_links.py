@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.links import LinkError, LinkExpired, choice_url, make_token, read_token
+from notifier.links import LinkError, LinkExpired, blank_tokens, choice_url, make_token, read_token
 from notifier.messages import sms_segments
 
 DEADLINE = datetime(2026, 9, 14, 12, 0, tzinfo=UTC)
@@ -24,6 +24,16 @@ def test_a_link_fits_a_chinese_sms_beside_the_notice():
     assert len(url) <= 60
     notice = "【海峡轮渡】11月30日 07:00海口至海安航班因台风停航。回复1改乘12月1日 07:00(已留位)，回复R免费退票¥45.00。请勿前往码头。"
     assert sms_segments(notice + url) <= 3
+
+
+def test_a_blanked_link_keeps_its_shape_and_chooses_nothing():
+    token = make_token("s3cret", 2_000_000, 99_999, DEADLINE)
+    notice = f"回复R免费退票。{choice_url('https://ferry.example', token)}"
+    shown = blank_tokens(notice)
+    assert len(shown) == len(notice) and shown.startswith("回复R免费退票。https://ferry.example/c/")
+    assert token not in shown and set(shown.rsplit("/", 1)[1]) <= set("x-.")
+    with pytest.raises(LinkError):
+        read_token("s3cret", shown.rsplit("/", 1)[1], now=BEFORE)
 
 
 @pytest.mark.parametrize("alter", [

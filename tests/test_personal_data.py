@@ -241,8 +241,6 @@ def test_a_typhoon_night_leaves_no_contact_or_name_in_logs_reports_or_errors(fac
     assert not any("chatty@example.org" in text for text in texts.values())
 
 
-@pytest.mark.xfail(strict=True, reason="broadcasts._samples (notifier/broadcasts.py:1041) prints a real customer's "
-                   "notice as the preview sample: their name (emails start 'Dear <name>') and a live choice link")
 def test_the_broadcast_preview_shows_no_customers_name(factory, demo_db, tmp_settings):
     run_pipeline(factory, tmp_settings, demo_db.epoch)
     env = {"NOTIFIER_CONFIG": "", "NOTIFIER_DATABASE_URL": tmp_settings.database_url}
