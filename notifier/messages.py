@@ -8,6 +8,7 @@ is autoescaped.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -79,6 +80,22 @@ def sms_segments(text: str) -> int:
             parts, filled = parts + 1, 0
         filled += cost
     return parts
+
+
+# --- text from outside ------------------------------------------------------------------------------------------
+
+# Cut text ends in three dots, not "…": that one character would make a whole English SMS UCS-2 (twice the parts).
+CUT_MARK = "..."
+
+
+def quotable(text: str, limit: int) -> str:
+    """Free text from outside (a feed's headline or remark) as one safe template value: control, format and
+    private-use characters out (U+E000/U+E001 are the slot marks of notifier.shapes), whitespace folded to single
+    spaces, and cut to `limit` characters with a trailing "..." when longer."""
+    folded = " ".join("".join(" " if unicodedata.category(c)[0] == "C" else c for c in text).split())
+    if len(folded) <= limit:
+        return folded
+    return folded[:limit - len(CUT_MARK)].rstrip() + CUT_MARK
 
 
 # --- locale formatting ---------------------------------------------------------------------------------------

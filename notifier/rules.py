@@ -30,9 +30,10 @@ from shapely import STRtree, box
 from shapely.geometry import Point, Polygon, shape
 from shapely.validation import make_valid
 
-from . import NotifierError
+from . import NotifierError, escape_unprintable
 from .entitlements import Policy, PolicyError, parse_policy, policy_tags
 from .feeds import Observation
+from .messages import quotable
 
 DISRUPTION_KINDS = ("cancelled", "delayed", "port_omitted", "advisory")
 # Higher wins: a cancellation supersedes a port omission, which supersedes a delay, which supersedes an advisory.
@@ -53,6 +54,8 @@ EARTH_RADIUS_KM = 6371.0088
 KM_PER_DEGREE = 111.32
 # A CAP circle of radius 0 is a point; a port within this distance of it counts as "at" the point.
 MIN_CIRCLE_KM = 0.5
+# The longest feed text a notice quotes (a headline, a DCSA change remark): about two English SMS parts of its own.
+QUOTED_MAX_CHARS = 300
 _RELATIVE_TIME = re.compile(r"now\s*(?:([+-])\s*(\d+)\s*([mhd]))?\Z")
 
 
@@ -60,6 +63,11 @@ class RuleError(NotifierError):
     """A rule file that cannot be used; the message names the file, the rule and the field."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        # Messages quote ids, keys and values from the file, which may hold line breaks (a quoted YAML id can):
+        # shown escaped, as feed errors are, so the error stays one line.
+        super().__init__(escape_unprintable(message))
 
 
 # --- the validated rule -------------------------------------------------------------------------------------------
@@ -878,14 +886,16 @@ class Scene:
 
     @cached_property
     def details(self) -> dict[str, Any]:
-        """What a notice may quote from the observation (kept with the disruption)."""
+        """What a notice may quote from the observation (kept with the disruption). A feed's words reach an SMS
+        or email only through here and `_impacts`' cause text, so both make them quotable (messages.quotable)."""
         observation, fields = self.observation, self.observation.fields
-        found = {"headline": observation.headline[:300], "event": observation.event[:120],
-                 "source": observation.source[:120]}
+        found = {"headline": quotable(observation.headline, QUOTED_MAX_CHARS),
+                 "event": quotable(observation.event, 120), "source": observation.source[:120]}
         for key in ("port_call_status", "vessel_name", "delay_reason", "change_remark", "status", "reason",
                     "skipped_stops", "effect"):
-            if fields.get(key):
-                found[key] = fields[key] if not isinstance(fields[key], str) else fields[key][:300]
+            value = fields.get(key)
+            if value:
+                found[key] = quotable(value, QUOTED_MAX_CHARS) if isinstance(value, str) else value
         if observation.ports:
             found["ports"] = list(observation.ports)[:10]
         return found
@@ -1158,7 +1168,7 @@ def _impacts(rule: Rule, scene: Scene, sailings: list[SailingRef], delay: int | 
     severity = rule.then.severity or observation.severity or "Severe"
     start, end = scene.window
     notify = dict(rule.notify) | {"approval": rule.approval}
-    cause_text = (observation.event or observation.headline)[:200]
+    cause_text = quotable(observation.event or observation.headline, 200)
     policies: dict[str, dict[str, Any]] = {}
     impacts = []
     for sailing in sailings:

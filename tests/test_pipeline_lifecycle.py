@@ -267,6 +267,30 @@ def test_a_dcsa_port_omission_tells_shippers_their_options(factory, demo_db, tmp
     assert zh and all(n.segments <= 2 and "取消挂靠" in n.body_text for n in zh)
 
 
+def test_a_carriers_hostile_remark_reaches_the_sms_clean_and_capped(factory, demo_db, tmp_settings):
+    with factory() as session:
+        leg = session.scalar(select(Sailing).where(Sailing.code.like("AEX1-SHA-HKG-%"))
+                             .order_by(Sailing.scheduled_departure))
+    # U+E000 R U+E001 is the slot notifier.shapes fills with each booking's reference.
+    remark = "Terminal\ue000R\ue001 strike\x1b[31m " + "y" * 5000
+    call = Observation(source="carrier-ovs", format="dcsa", kind="port_call", external_id="AEX1-9811000-HKHKG",
+                       version="v1", event="Port call omitted", onset=leg.scheduled_arrival, ports=["HKHKG"],
+                       sailings=[leg.voyage], fields={"vessel_imo": "9811000", "port_call_status": "OMIT",
+                                                      "change_remark": remark})
+    rows = Outbox(factory, tmp_settings).step([call], DEMO_NOW + timedelta(hours=1))
+
+    sms = [n for n in rows if n.channel == "sms" and n.language == "en"]
+    assert sms and all("(Terminal R strike [31m yyy" in n.body_text and "y...)" in n.body_text for n in sms)
+    assert all(n.segments <= 4 for n in sms)
+    with factory() as session:
+        refs = dict(session.execute(select(Booking.id, Booking.ref).where(Booking.id.in_([n.booking_id for n in rows])))
+                    .all())
+    for notice in rows:
+        assert not {"\ue000", "\ue001", "\x1b"} & set(notice.body_text + (notice.body_html or ""))
+        assert not [ref for booking_id, ref in refs.items() if booking_id != notice.booking_id
+                    and ref in notice.body_text]
+
+
 # --- the EU regulatory clock -----------------------------------------------------------------------------------
 
 @pytest.fixture

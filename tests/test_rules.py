@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
+import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,12 +17,12 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli import main
-from notifier.feeds import Area, Observation
+from notifier.feeds import Area, Observation, dcsa
 from notifier.models import (AuditEntry, Booking, Customer, Disruption, Notification, Port, Route, Sailing,
                              SailingCapacity, Vessel)
 from notifier.paths import rules_dir
-from notifier.rules import (Network, PortRef, RuleError, SailingRef, decisive_impacts, evaluate, load_rule_set,
-                            load_rules)
+from notifier.rules import (QUOTED_MAX_CHARS, Network, PortRef, RuleError, SailingRef, decisive_impacts, evaluate,
+                            load_rule_set, load_rules)
 
 FEEDS = Path(__file__).resolve().parent / "fixtures" / "feeds"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "feeds"
@@ -341,6 +342,29 @@ def test_dcsa_call_selects_the_vessels_legs_to_and_from_the_port():
     impact = decisive_impacts(evaluate(rules, call, net, T0))[0]
     assert impact.kind == "port_omitted" and impact.cause == "weather"
     assert impact.policy["entitlements"] and "cargo_roll" in impact.policy["entitlements"]
+
+
+def test_feed_text_a_notice_quotes_is_clean_and_capped():
+    # The feed's own words, as a hostile or broken carrier system could send them: a slot mark of notifier.shapes
+    # (which would become another booking's reference), a terminal escape, and a 5,000-character remark.
+    document = json.loads(feed("handmade/dcsa-ovs-delayed-call.json").read_text(encoding="utf-8"))
+    schedule = document[0]["vesselSchedules"][0]
+    schedule["vesselName"] = "Harbour\ue000R\ue001 Pioneer"
+    schedule["transportCalls"][0]["timestamps"][2]["changeRemark"] = \
+        "Typhoon\ue000N\ue001 Ragasa:\x1b[31m port\n closed " + "y" * 5000
+    call = dcsa.parse(json.dumps(document).encode(), "carrier")[0]
+    ports = [PortRef(1, "CNXMN", 24.45, 118.07), PortRef(2, "HKHKG", 22.29, 114.15)]
+    departure = datetime(2025, 9, 23, 8, tzinfo=UTC)
+    legs = [SailingRef(1, "CHX-IN", 1, 2, departure, departure + timedelta(hours=14), vessel_imo="9811000",
+                       voyage="2538W", route_kind="cargo")]
+    impact = decisive_impacts(evaluate(load_rules([rules_dir()]), call, network(ports, legs), departure))[0]
+
+    remark, headline = impact.details["change_remark"], impact.details["headline"]
+    assert remark.startswith("Typhoon N Ragasa: [31m port closed yyy") and remark.endswith("y...")
+    assert len(remark) == QUOTED_MAX_CHARS
+    assert "Harbour R Pioneer voyage" in headline
+    quoted = [impact.cause_text, *(value for value in impact.details.values() if isinstance(value, str))]
+    assert not any(unicodedata.category(c)[0] == "C" for text in quoted for c in text)
 
 
 def test_the_strongest_kind_decides_per_sailing(tmp_path):

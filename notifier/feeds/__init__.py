@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import NotifierError
+from .. import NotifierError, escape_unprintable
 
 # Every input is capped before parsing; the fetcher enforces the same cap on the wire.
 MAX_FEED_BYTES = 5_000_000
@@ -26,7 +26,7 @@ class FeedParseError(NotifierError):
     def __init__(self, message: str) -> None:
         # Messages quote ids and values from the feed, which may hold line breaks, terminal escapes or bidi
         # overrides: shown escaped, so the error stays one honest line in the log, the CLI and feed_sources.
-        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+        super().__init__(escape_unprintable(message))
 
 
 @dataclass

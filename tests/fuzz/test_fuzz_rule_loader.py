@@ -34,16 +34,15 @@ POLICY_FILES = {name for name, document in DOCUMENTS.items() if document and doc
 TEMPLATES = set(available_templates())
 
 
-def load_folder(files: dict[str, bytes], one_line: bool = True):
-    """Load a rules folder holding these files; a RuleError must name the file and (unless the rule's own id
-    holds a line break, which rules.py still prints raw: see KNOWN_CRASHES) be one line."""
+def load_folder(files: dict[str, bytes]):
+    """Load a rules folder holding these files; a RuleError must name the file and be one line."""
     with tempfile.TemporaryDirectory() as folder:
         for name, body in files.items():
             (Path(folder) / name).write_bytes(body)
         try:
             return load_rule_set([Path(folder)], templates=TEMPLATES)
         except RuleError as exc:
-            assert not one_line or "\n" not in str(exc), "a rule error is shown as one line"
+            assert "\n" not in str(exc), "a rule error is shown as one line"
             assert folder in str(exc) or "rule folder" in str(exc), "a rule error names the file"
             return None
 
@@ -113,7 +112,7 @@ def mutate_document(document, data, values) -> bytes:
 def test_mutated_shipped_rules_load_or_raise_rule_error(data):
     name = data.draw(st.sampled_from(sorted(DOCUMENTS)))
     body = mutate_document(DOCUMENTS[name], data, SAFE_VALUES)
-    rule_set = load_folder(with_policies(name, body), one_line=False)
+    rule_set = load_folder(with_policies(name, body))
     if rule_set is not None:
         assert_loaded_no_bigger_than_written(rule_set, body)
 
@@ -198,9 +197,8 @@ KNOWN_CRASHES = [
     crash("list-as-grant", b"policies:\n  - {id: p, description: d, applies_to: {jurisdictions: [EU]}, citation: c, "
                            b"verification: P, grants: [{id: g, grant: [refund], cite: c}]}\n", TypeError,
           "entitlements._parse_grant looks a list up in the GRANT_KINDS dict: unhashable type"),
-    pytest.param(_rule().replace(b"id: fuzz", b'id: "a\\nb"'), id="line-break-in-rule-id", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason="rules._validate quotes the rule id raw, so the RuleError is two "
-        "lines (FeedParseError escapes such characters); the properties skip the one-line check until it is fixed")),
+    crash("line-break-in-rule-id", _rule().replace(b"id: fuzz", b'id: "a\\nb"'), AssertionError,
+          "rules._validate quoted the rule id raw, so the RuleError was two lines"),
     crash("alias-bomb-description", _bomb(5), AssertionError,
           "rules._validate str()s a non-text description: a 400-byte alias bomb becomes 800 kB (10x per level)"),
 ]
@@ -229,7 +227,7 @@ ANY_VALUES = st.one_of(
 def test_any_mutation_of_shipped_rules_loads_or_raises_rule_error(data):
     name = data.draw(st.sampled_from(sorted(DOCUMENTS)))
     body = mutate_document(DOCUMENTS[name], data, ANY_VALUES)
-    rule_set = load_folder(with_policies(name, body), one_line=False)
+    rule_set = load_folder(with_policies(name, body))
     if rule_set is not None:
         assert_loaded_no_bigger_than_written(rule_set, body)
 
