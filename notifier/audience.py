@@ -6,7 +6,9 @@ the follow-up worklist can show it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Set as AbstractSet
 from dataclasses import dataclass
+from functools import partial
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -17,6 +19,8 @@ from .models import Booking, Customer, OptOut
 
 SMS_CAPABLE = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
 AUDIENCE_KINDS = {"passengers": {"passenger"}, "shippers": {"cargo"}, "all": {"passenger", "cargo"}}
+# channel -> (address, "" or why there is no usable one)
+AddressLookup = Callable[[str], tuple[str | None, str]]
 
 
 @dataclass(frozen=True)
@@ -76,16 +80,20 @@ def opted_out(session: Session) -> set[tuple[str, str]]:
     return {(row.channel, row.address) for row in session.scalars(select(OptOut))}
 
 
-def recipients_for(booking: Booking, customer: Customer, channels: list[str], opt_outs: set[tuple[str, str]],
-                   respect_opt_out: bool = True) -> tuple[list[Recipient], list[Unreachable]]:
-    """The recipients for one booking on the wanted channels, and the channels it cannot be reached on."""
+def recipients_for(booking: Booking, customer: Customer, channels: list[str], opt_outs: AbstractSet[tuple[str, str]],
+                   respect_opt_out: bool = True, *, address_of: AddressLookup | None = None
+                   ) -> tuple[list[Recipient], list[Unreachable]]:
+    """The recipients for one booking on the wanted channels, and the channels it cannot be reached on.
+    `address_of` gives a channel's (address, reason it is unusable); by default the customer's contact is checked
+    now (`contacts` passes the outcome of a stored check instead)."""
+    address_of = address_of or partial(_address, customer)
     found, missing = [], []
     wanted = [c for c in customer.channels if c in channels] or []
     if not wanted:
         missing.append(Unreachable(booking.id, booking.ref, ",".join(channels), "customer accepts none of "
                                    f"the broadcast's channels ({', '.join(channels)})"))
     for channel in wanted:
-        address, reason = _address(customer, channel)
+        address, reason = address_of(channel)
         if address and respect_opt_out and (channel, address) in opt_outs:
             address, reason = None, "opted out"
         if address:

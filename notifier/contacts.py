@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .audience import Recipient, Unreachable
+from .audience import Recipient, Unreachable, recipients_for
 from .audience import _address as checked_address  # the one definition of a usable address, shared on purpose
 from .db import transaction
 from .models import Customer
@@ -43,20 +44,13 @@ def recipients_checked(booking: Any, customer: Any, check: dict[str, Any], chann
                        opt_outs: set[tuple[str, str]] | frozenset[tuple[str, str]], respect_opt_out: bool = True
                        ) -> tuple[list[Recipient], list[Unreachable]]:
     """`audience.recipients_for` with the addresses taken from a current stored check (same results)."""
-    found, missing = [], []
-    wanted = [c for c in customer.channels if c in channels] or []
-    if not wanted:
-        missing.append(Unreachable(booking.id, booking.ref, ",".join(channels), "customer accepts none of "
-                                   f"the broadcast's channels ({', '.join(channels)})"))
-    for channel in wanted:
-        address, reason = check["sms"] if channel == "sms" else check["mail"]
-        if address and respect_opt_out and (channel, address) in opt_outs:
-            address, reason = None, "opted out"
-        if address:
-            found.append(Recipient(booking.id, customer.id, channel, address, customer.language))
-        else:
-            missing.append(Unreachable(booking.id, booking.ref, channel, reason))
-    return found, missing
+    return recipients_for(booking, customer, channels, opt_outs, respect_opt_out,
+                          address_of=partial(_stored_address, check))
+
+
+def _stored_address(check: dict[str, Any], channel: str) -> tuple[str | None, str]:
+    address, reason = check["sms"] if channel == "sms" else check["mail"]
+    return address, reason
 
 
 def store_checks(session: Session, checks: dict[int, dict[str, Any]]) -> None:
