@@ -22,6 +22,8 @@ Messages come from `shapes.ShapeBook`: one render per notice shape, the per-pers
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +36,7 @@ from sqlalchemy.orm import Session
 from . import entitlements
 from .audience import Unreachable
 from .contacts import contact_check, is_current, recipients_checked, store_checks
+from .db import transaction
 from .models import Booking, Customer, Notification, Offer, OptOut, SailingCapacity, utcnow
 from .offers import (COMPENSATION_KEY, REFUND_KEY, Candidate, held_places, lock_capacity, needs, rebooking_owed,
                      refund_amount, release, suits)
@@ -369,6 +372,8 @@ def _hold_all(session: Session, taken: Counter) -> bool:
 
 
 def _insert_offers(session: Session, offers: list[PlannedOffer]) -> None:
+    if not offers:
+        return
     created = utcnow()
     bulk_insert(session, Offer.__table__, OFFER_COLUMNS, [
         (o.booking_id, o.disruption_id, o.revision, o.option_key, o.kind, o.sailing_id, o.space_class, o.places,
@@ -411,6 +416,129 @@ class ChunkNotices:
 def plan_chunk(session: Session, broadcast_id: int, parts: list[Any], settings: Any, now: datetime,
                initial_status: str, result: Any) -> None:
     """Plan one chunk: `parts` are (sailing plan, booking ids) in planning order (broadcasts.ChunkPart)."""
+    chunk, made, work = _chunk_work(session, parts)
+    planned = allocate_offers(session, work, settings, now) if work else {}
+    notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status, now)
+    store_checks(session, fresh)
+    _commit_notices(session, broadcast_id, notices, result)
+
+
+@dataclass
+class PreparedChunk:
+    """A chunk planned in memory (places to hold, offers, contact checks, notices): `write_chunk` writes it."""
+
+    taken: Counter
+    offers: list[PlannedOffer]
+    checks: dict[int, dict[str, Any]]
+    notices: ChunkNotices
+
+
+class FreePlaces:
+    """Free places on the alternatives while a broadcast is planned ahead of its writes: each sailing's counters
+    read once, then kept here as chunks take places (the writes are not committed yet, so the database lags).
+    The conditional UPDATE that holds the places keeps it honest: places another writer took in the meantime
+    make it match nothing, and the chunk is planned again the ordinary way."""
+
+    def __init__(self) -> None:
+        self.places: dict[tuple[int, str], int] = {}
+        self.read: set[int] = set()
+
+    def of(self, session: Session, sailing_ids: set[int]) -> dict[tuple[int, str], int]:
+        """The counters, with those of sailings not seen before read now."""
+        unread = sailing_ids - self.read
+        if unread:
+            self.places.update(_free_places(session, unread))
+            self.read |= unread
+        return self.places
+
+
+def prepare_chunk(session: Session, parts: list[Any], settings: Any, now: datetime, initial_status: str,
+                  broadcast_id: int, free: FreePlaces) -> PreparedChunk:
+    """Plan one chunk of a first-revision broadcast without writing: the allocation takes places from `free`."""
+    chunk, made, work = _chunk_work(session, parts)
+    planned: dict[tuple[int, int], list[PlannedOffer]] = {}
+    taken: Counter = Counter()
+    if work:
+        places = free.of(session, {c.sailing_id for plan, _ in work if rebooking_owed(plan.facts.disruption, settings)
+                                   for c in plan.facts.candidates})
+        for plan, _ in work:
+            plan.shared.setdefault("memos", _Memos()).new_chunk()
+        for plan, bookings in work:
+            _allocate(session, plan, bookings, places, taken, {}, settings, now, planned)
+    notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status, now)
+    return PreparedChunk(taken, [offer for offers in planned.values() for offer in offers], fresh, notices)
+
+
+def write_chunk(session: Session, broadcast_id: int, prepared: PreparedChunk, result: Any) -> bool:
+    """Write a prepared chunk (in the caller's transaction); False, with nothing written, when another writer
+    took some of its places since they were counted."""
+    if not _hold_all(session, prepared.taken):
+        return False
+    _insert_offers(session, prepared.offers)
+    store_checks(session, prepared.checks)
+    _commit_notices(session, broadcast_id, prepared.notices, result)
+    return True
+
+
+class ChunkWriter:
+    """Writes prepared chunks in a thread of its own, each in one transaction, while the next chunk is planned:
+    the database does its writing (SQLite's B-trees, PostgreSQL's COPY) outside the GIL, so planning and writing
+    overlap on two cores. At most one chunk waits to be written (memory stays flat). A chunk whose places were
+    taken by another writer meanwhile is not written, nor is anything after it: `close` hands those chunks back
+    to be planned again the ordinary way."""
+
+    def __init__(self, factory: Any, write: Any) -> None:
+        self.factory, self.write = factory, write
+        self.waiting: queue.Queue = queue.Queue(maxsize=1)
+        self.unwritten: list[list[Any]] = []
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="notifier-chunk-writer", daemon=True)
+        self.thread.start()
+
+    @property
+    def stopped(self) -> bool:
+        """True once a chunk could not be written: the rest are planned again by the caller."""
+        return bool(self.unwritten) or self.failure is not None
+
+    def put(self, parts: list[Any], prepared: PreparedChunk) -> None:
+        """Queue a prepared chunk (waits while the one before is still waiting); a write that failed is raised
+        here, so the planner stops at once."""
+        if self.failure is not None:
+            raise self.failure
+        self.waiting.put((parts, prepared))
+
+    def close(self, quietly: bool = False) -> list[list[Any]]:
+        """Wait for the queued writes; the chunks not written, in order (a failed write is raised instead,
+        unless `quietly`: the caller is already raising)."""
+        if self.thread.is_alive():
+            self.waiting.put(None)
+            self.thread.join()
+        if self.failure is not None and not quietly:
+            raise self.failure
+        return self.unwritten
+
+    def _run(self) -> None:
+        while (item := self.waiting.get()) is not None:
+            parts, prepared = item
+            if self.stopped:
+                self.unwritten.append(parts)
+                continue
+            try:
+                with transaction(self.factory) as session:
+                    if not self.write(session, parts, prepared):
+                        raise _PlacesTaken
+            except _PlacesTaken:
+                self.unwritten.append(parts)
+            except BaseException as exc:  # noqa: BLE001 - handed to the planning thread, which raises it
+                self.failure = exc
+
+
+class _PlacesTaken(Exception):
+    """Rolls a chunk's transaction back: another writer took places it counted on."""
+
+
+def _chunk_work(session: Session, parts: list[Any]) -> tuple[dict, dict, list[tuple[Any, list[BookingRow]]]]:
+    # The chunk's bookings, the offers they already have, and (sailing plan, bookings still owed offers).
     ids = [booking_id for part in parts for booking_id in part.booking_ids]
     chunk = read_chunk(session, ids)
     made = offers_made(session, ids)
@@ -421,7 +549,13 @@ def plan_chunk(session: Session, broadcast_id: int, parts: list[Any], settings: 
                if i in chunk and (i, disruption.id, disruption.revision) not in made]
         if part.plan.notice.new_offers and new:
             work.append((part.plan, new))
-    planned = allocate_offers(session, work, settings, now) if work else {}
+    return chunk, made, work
+
+
+def _chunk_notices(session: Session, parts: list[Any], chunk: dict, made: dict, planned: dict, settings: Any,
+                   broadcast_id: int, initial_status: str, now: datetime
+                   ) -> tuple[ChunkNotices, dict[int, dict[str, Any]]]:
+    # The chunk's outbox rows, and the contact checks made afresh on the way (to be stored).
     checks, fresh = checked_contacts([customer for _, customer in chunk.values()])
     respect = settings.safety_critical_opt_out != "send"
     addresses = {check[kind][0] for check in checks.values() for kind in ("sms", "mail") if check[kind][0]}
@@ -429,8 +563,7 @@ def plan_chunk(session: Session, broadcast_id: int, parts: list[Any], settings: 
     notices = ChunkNotices()
     for part in parts:
         _part_notices(part, chunk, made, planned, checks, stops, respect, broadcast_id, initial_status, now, notices)
-    store_checks(session, fresh)
-    _commit_notices(session, broadcast_id, notices, result)
+    return notices, fresh
 
 
 def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], made: dict, planned: dict,
@@ -532,8 +665,7 @@ def bulk_insert(session: Session, table: Table, columns: tuple[str, ...], rows: 
     processors = [(index, processor) for index, name in enumerate(columns)
                   if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
     if processors:
-        memos = [(index, processor, {}) for index, processor in processors]
-        rows = [_converted(row, memos) for row in rows]
+        rows = _converted(rows, processors)
     names = ", ".join(columns)
     if dialect.name == "postgresql":
         return _copy_in(connection.connection.driver_connection, table.name, names, rows, skip_duplicates)
@@ -563,20 +695,27 @@ def _copy_in(driver: Any, table: str, names: str, rows: list[tuple], skip_duplic
         return inserted
 
 
-def _converted(row: tuple, memos: list[tuple[int, Any, dict]]) -> tuple:
-    # Times, amounts, flags and small documents repeat across a chunk: each distinct value is converted once
-    # (equal values convert alike); what cannot be hashed is converted every time.
-    values = list(row)
-    for index, processor, known in memos:
-        value = values[index]
-        if value is None:
-            continue
-        key = tuple(value.items()) if isinstance(value, dict) else value  # a JSON document by its items
-        try:
-            converted = known.get(key)
-            if converted is None:
-                converted = known[key] = processor(value)
-        except TypeError:
-            converted = processor(value)
-        values[index] = converted
-    return tuple(values)
+def _converted(rows: list[tuple], processors: list[tuple[int, Any]]) -> list[tuple]:
+    # Column by column: the converted columns are a few (times, amounts, flags, small documents) and their values
+    # repeat across a chunk (a chunk's times are one or two moments), so each distinct value is converted once and
+    # the rest is done by dict lookups and zip, at C speed.
+    columns = list(zip(*rows, strict=True))
+    for index, processor in processors:
+        columns[index] = _converted_column(columns[index], processor)
+    return list(zip(*columns, strict=True))
+
+
+def _converted_column(values: tuple, processor: Any) -> list[Any]:
+    try:
+        distinct = set(values)
+    except TypeError:  # JSON documents (dicts): by their items, converted once per distinct document
+        known: dict[Any, Any] = {}
+        converted = []
+        for value in values:
+            key = None if value is None else tuple(value.items()) if isinstance(value, dict) else value
+            if key not in known:
+                known[key] = None if value is None else processor(value)
+            converted.append(known[key])
+        return converted
+    known = {value: None if value is None else processor(value) for value in distinct}
+    return list(map(known.__getitem__, values))

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 
 from notifier import broadcasts
 from notifier.channels.file import FileEmailChannel, FileSmsChannel
+from notifier.db import transaction
 from notifier.demo import bundled_feed
 from notifier.dispatch import dispatch_all
 from notifier.feeds import cap
@@ -67,8 +68,9 @@ def test_running_twice_plans_and_sends_nothing_new(factory, demo_db, tmp_setting
     assert second.sent == 0
 
 
+@pytest.mark.parametrize("ahead", [True, False], ids=["planned-ahead-of-its-writes", "one-transaction-per-chunk"])
 def test_crash_half_way_then_rerun_gives_the_same_notifications(factory, demo_db, tmp_settings, monkeypatch,
-                                                                tmp_path):
+                                                                tmp_path, ahead):
     # A clean run on a second database built from the same seed is the reference.
     from notifier.db import make_engine, session_factory
     from notifier.demo import generate
@@ -80,7 +82,10 @@ def test_crash_half_way_then_rerun_gives_the_same_notifications(factory, demo_db
     generate(reference, 600, DEMO_NOW)
     run_pipeline(reference, tmp_settings, demo_db.epoch)
 
-    real_chunk = broadcasts._plan_chunk
+    # Planned ahead, a chunk is written by the writer thread (_write_chunk); otherwise in one go (_plan_chunk).
+    hook = "_write_chunk" if ahead else "_plan_chunk"
+    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: ahead)  # SQLite plans ahead only when told to
+    real_chunk = getattr(broadcasts, hook)
     calls = {"n": 0}
 
     def crash_on_second_chunk(*args, **kwargs):
@@ -89,11 +94,11 @@ def test_crash_half_way_then_rerun_gives_the_same_notifications(factory, demo_db
             raise RuntimeError("simulated crash")
         return real_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "_plan_chunk", crash_on_second_chunk)
+    monkeypatch.setattr(broadcasts, hook, crash_on_second_chunk)
     with pytest.raises(RuntimeError):
         run_pipeline(factory, tmp_settings, demo_db.epoch)
     partial = outbox_keys(factory)
-    monkeypatch.setattr(broadcasts, "_plan_chunk", real_chunk)
+    monkeypatch.setattr(broadcasts, hook, real_chunk)
     plan_pending(factory, tmp_settings, now=demo_db.epoch)
 
     assert 0 < len(partial) < len(outbox_keys(reference))
@@ -126,6 +131,53 @@ def test_a_full_alternative_sailing_is_never_overbooked(factory, demo_db, tmp_se
     assert all(counters[key] == places for key, places in held_by_offers.items())
     assert standby > 0  # those without a place are offered the next sailing without a hold, and the refund
     assert all(isinstance(r.amount, Decimal) and r.amount > 0 for r in refunds)
+
+
+def test_places_taken_by_another_writer_while_planning_ahead_are_never_overbooked(factory, demo_db, tmp_settings,
+                                                                                   monkeypatch):
+    # Chunks are planned in memory ahead of their writes; here another writer takes every free place on the
+    # alternatives just before the second chunk is written. That chunk's holds must fail, and it and the rest are
+    # planned again the ordinary way (from fresh counters): standbys, never an overbooked sailing.
+    ingest(factory, cap.parse(bundled_feed(demo_db.epoch)))
+    process_new_items(factory, load_rules([rules_dir()]), now=demo_db.epoch)
+    real_prepare, real_plan = broadcasts.prepare_chunk, broadcasts._plan_chunk
+    calls = {"prepared": 0, "ordinary": 0}
+
+    def someone_else_takes_the_places(*args, **kwargs):
+        prepared = real_prepare(*args, **kwargs)
+        calls["prepared"] += 1
+        if calls["prepared"] == 2:  # the second chunk counted on places that are gone before it is written
+            with transaction(factory) as other:
+                disrupted = set(other.scalars(select(Disruption.sailing_id)))
+                other.execute(update(SailingCapacity).where(SailingCapacity.sailing_id.not_in(disrupted))
+                              .values(capacity=SailingCapacity.booked + SailingCapacity.held))
+        return prepared
+
+    def ordinary(*args, **kwargs):
+        calls["ordinary"] += 1
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: True)  # as on PostgreSQL
+    monkeypatch.setattr(broadcasts, "prepare_chunk", someone_else_takes_the_places)
+    monkeypatch.setattr(broadcasts, "_plan_chunk", ordinary)
+    plan_pending(factory, tmp_settings, now=demo_db.epoch)
+
+    with factory() as session:
+        over = session.scalar(select(func.count()).select_from(SailingCapacity).where(
+            SailingCapacity.booked + SailingCapacity.held > SailingCapacity.capacity))
+        held_by_offers = dict(((sailing, space), places) for sailing, space, places in session.execute(
+            select(Offer.sailing_id, Offer.space_class, func.sum(Offer.places)).where(Offer.status == "held")
+            .group_by(Offer.sailing_id, Offer.space_class)))
+        counters = {(c.sailing_id, c.space_class): c.held for c in session.scalars(select(SailingCapacity))}
+        standby = session.scalar(select(func.count()).select_from(Offer).where(Offer.kind == "standby"))
+        refunded = session.scalar(select(func.count(func.distinct(Offer.booking_id))).where(Offer.kind == "refund"))
+        disrupted_bookings = session.scalar(select(func.count()).select_from(Booking).where(
+            Booking.status == "confirmed", Booking.sailing_id.in_(select(Disruption.sailing_id))))
+    assert calls["prepared"] >= 2 and calls["ordinary"] > 0  # the second chunk fell back to the ordinary way
+    assert over == 0
+    assert held_by_offers and all(counters[key] == places for key, places in held_by_offers.items())
+    assert standby > 0
+    assert refunded == disrupted_bookings  # every booking was planned once, none lost on the way
 
 
 def test_refund_is_the_full_price_paid_in_its_currency(factory, demo_db, tmp_settings):

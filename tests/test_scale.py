@@ -179,10 +179,14 @@ def test_a_manual_broadcast_with_free_text_is_planned_on_hold_the_same_both_ways
                for row in bulk["notices"] if row.channel == "email")
 
 
-def test_the_first_notices_are_dispatchable_while_planning_goes_on(factory, tmp_settings, monkeypatch):
+@pytest.mark.parametrize("ahead", [True, False], ids=["planned-ahead-of-its-writes", "one-transaction-per-chunk"])
+def test_the_first_notices_are_dispatchable_while_planning_goes_on(factory, tmp_settings, monkeypatch, ahead):
     broadcast_id = typhoon_db(factory)
     reader = make_engine(tmp_settings.database_url)
-    real_chunk = broadcasts._plan_chunk
+    # Planned ahead (PostgreSQL's way), each chunk is written by _write_chunk while the next is planned; otherwise
+    # _plan_chunk reads, plans and writes it in one transaction (SQLite's way).
+    hook = "_write_chunk" if ahead else "_plan_chunk"
+    real_chunk = getattr(broadcasts, hook)
     seen: list[tuple[int, int]] = []  # (bookings in this chunk, queued notices another connection sees before it)
 
     def watched_chunk(session, broadcast, parts, *args, **kwargs):
@@ -192,7 +196,8 @@ def test_the_first_notices_are_dispatchable_while_planning_goes_on(factory, tmp_
                                                                      Notification.status == "queued"))))
         return real_chunk(session, broadcast, parts, *args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "_plan_chunk", watched_chunk)
+    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: ahead)
+    monkeypatch.setattr(broadcasts, hook, watched_chunk)
     try:
         result = plan_broadcast(factory, broadcast_id, tmp_settings, now=DEMO_NOW, chunk=10)
     finally:
