@@ -182,10 +182,24 @@ def _copy(value: Any) -> Any:
 def offers_made(session: Session, booking_ids: list[int]) -> dict[tuple[int, int, int], list[Any]]:
     """Offers these bookings already have, by (booking, disruption, revision): another broadcast made them."""
     made: dict[tuple[int, int, int], list[Any]] = {}
-    for page in _pages(booking_ids):
-        for offer in session.execute(select(Offer.__table__).where(Offer.booking_id.in_(page)).order_by(Offer.id)):
+    ids = [offer_id for (offer_id,) in _rows_where_in(session, f"SELECT id FROM {Offer.__tablename__}",
+                                                      "booking_id", booking_ids)]
+    for page in _pages(sorted(ids)):  # usually none: a first warning finds no offers yet
+        for offer in session.execute(select(Offer.__table__).where(Offer.id.in_(page)).order_by(Offer.id)):
             made.setdefault((offer.booking_id, offer.disruption_id, offer.revision), []).append(offer)
     return made
+
+
+def _rows_where_in(session: Session, query: str, column: str, values: list[Any]) -> list[tuple]:
+    # A plain column list with `column IN (...)` over many values, sent to the driver as it is: SQLAlchemy would
+    # compile a fresh statement with one named parameter per value, for every page of every chunk.
+    connection = session.connection()
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    rows: list[tuple] = []
+    for page in _pages(values):
+        rows += connection.exec_driver_sql(f"{query} WHERE {column} IN ({', '.join([mark] * len(page))})",
+                                           tuple(page)).fetchall()
+    return rows
 
 
 def allocate_offers(session: Session, work: list[tuple[Any, list[BookingRow]]], settings: Any, now: datetime
@@ -384,11 +398,8 @@ def _insert_offers(session: Session, offers: list[PlannedOffer]) -> None:
 
 def opted_out_among(session: Session, addresses: set[str]) -> frozenset[tuple[str, str]]:
     """The (channel, address) opt-outs among these addresses (not the whole table: it can be large)."""
-    found: set[tuple[str, str]] = set()
-    for page in _pages(sorted(addresses)):
-        found.update(tuple(row) for row in session.execute(
-            select(OptOut.channel, OptOut.address).where(OptOut.address.in_(page))))
-    return frozenset(found)
+    return frozenset((channel, address) for channel, address in _rows_where_in(
+        session, f"SELECT channel, address FROM {OptOut.__tablename__}", "address", sorted(addresses)))
 
 
 def checked_contacts(customers: list[CustomerRow]) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:

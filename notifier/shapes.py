@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,10 @@ class _Reading:
 _UNSEEN = object()  # a memo's miss (None is a value worth remembering)
 
 
+def _no_attributes(_row: Any) -> tuple:
+    return ()
+
+
 class AttributeMemo:
     """Remembers what a function made of a row, keyed by the values of the attributes it read (learned by
     watching it read them): a row whose read attributes are all equal gets the same answer, because the function
@@ -246,12 +251,13 @@ class AttributeMemo:
     def __init__(self, marks: dict[str, str] | None = None) -> None:
         self.marks = marks or {}
         self.names: tuple[str, ...] = ()
+        self.key_of = _no_attributes  # the read attributes' values of a row, as one tuple (attrgetter: C speed)
         self.known: dict[tuple, Any] = {}
 
     def __call__(self, compute: Any, row: Any, extra: Any = None) -> Any:
         """compute(row-like) for this row, from memory when an equal row was seen; `extra` keys what compute
         depends on besides the row."""
-        key = (extra, *[getattr(row, name) for name in self.names])
+        key = (extra, self.key_of(row))
         known = self.known.get(key, _UNSEEN)
         if known is not _UNSEEN:
             return known
@@ -260,8 +266,10 @@ class AttributeMemo:
         if not reads.issubset(self.names):
             # A newly read attribute: what was remembered so far was keyed without it.
             self.names = tuple(sorted(reads.union(self.names)))
+            getter = attrgetter(*self.names)
+            self.key_of = getter if len(self.names) > 1 else lambda row: (getter(row),)
             self.known.clear()
-            key = (extra, *[getattr(row, name) for name in self.names])
+            key = (extra, self.key_of(row))
         self.known[key] = value
         return value
 
