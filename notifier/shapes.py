@@ -35,7 +35,8 @@ from jinja2 import nodes
 from markupsafe import escape
 
 from . import links
-from .messages import GSM7_BASIC, GSM7_EXTENDED, Rendered, environment, money, render, resolve_language
+from .messages import (GSM7_BASIC, GSM7_EXTENDED, Rendered, environment, money, render, resolve_language,
+                       sms_segments)
 from .paths import templates_dir
 
 # Private-use characters: no template, name or reference contains them, and autoescape leaves them alone.
@@ -178,8 +179,9 @@ class TextShape:
         """True when the filled text is all GSM-7 (as `messages.sms_encoding` decides)."""
         return self.gsm7 and all(units[letter][0] for letter in self.pieces[1::2])
 
-    def segments(self, units: dict[str, tuple[bool, int, int]]) -> int:
-        """SMS segments of the filled text, exactly as `messages.sms_segments` counts them."""
+    def segments(self, units: dict[str, tuple[bool, int, int]], filled: str) -> int:
+        """SMS segments of `filled` (this shape with values whose units are `units`), exactly as
+        `messages.sms_segments` counts them."""
         slots = self.pieces[1::2]
         if self.gsm7_with(units):
             total, single, multi = self.gsm7_units + sum(units[letter][1] for letter in slots), 160, 153
@@ -187,7 +189,12 @@ class TextShape:
             total, single, multi = self.ucs2_units + sum(units[letter][2] for letter in slots), 70, 67
         if total == 0:
             return 0
-        return 1 if total <= single else -(-total // multi)
+        if total <= single:
+            return 1
+        if total == len(filled):
+            return -(-total // multi)  # every character is one unit: the parts divide the text evenly
+        # A two-unit character (GSM-7 escape, surrogate pair) may straddle a boundary and start the next part.
+        return sms_segments(filled)
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,8 @@ class NoticeShape:
         """The notice for one person (`known`: units of values seen before, such as a refund amount)."""
         if self.channel == "sms":
             units = {letter: _units(values[letter], known) for letter in self.body.letters}
-            return Rendered("sms", self.language, self.body.fill(values), segments=self.body.segments(units),
+            body = self.body.fill(values)
+            return Rendered("sms", self.language, body, segments=self.body.segments(units, body),
                             encoding="GSM-7" if self.body.gsm7_with(units) else "UCS-2")
         escaped = {letter: str(escape(values[letter])) for letter in self.html.letters}
         return Rendered("email", self.language, self.body.fill(values), subject=self.subject.fill(values),

@@ -291,7 +291,7 @@ def test_segments_counted_from_a_shape_agree_with_messages(text):
     cut = len(text) // 2
     shape = TextShape.of(text[:cut] + "\ue000N\ue001" + "\ue000L\ue001")
     units = {"N": text_units(text[cut:]), "L": text_units("")}
-    assert shape.segments(units) == sms_segments(text)
+    assert shape.segments(units, text) == sms_segments(text)
 
 
 # --- stored contact checks ----------------------------------------------------------------------------------------
