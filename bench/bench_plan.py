@@ -302,11 +302,10 @@ offer. "First dispatchable notice": a second process, connected before the warni
 the planner. The baseline (bench/baseline_plan.py: per booking one ORM `Notification`, one `render`, one commit,
 offers held one UPDATE at a time with savepoints) runs on the first N bookings of the same plan, on a fresh copy
 of the same database, and is extrapolated linearly to all affected bookings. "Whole planning stage" is
-`pipeline.plan_pending`: the plan, then the pipeline's own post-planning step (EU priority, withdrawal of older
-notices, spacing), which loads every notice of the broadcast as an ORM object (pipeline.py; see the report of
-issue 8 for the set-based rewrite it needs). SQLite: the planner defers the WAL checkpoint to the next ordinary
-commit; its cost is shown on its own line. PostgreSQL: stock configuration (shared_buffers 128 MB,
-max_wal_size 1 GB, synchronous_commit on).
+`pipeline.plan_pending`: the plan, then the pipeline's own set-based post-planning step (withdrawal of older
+notices, spacing). SQLite: one transaction per chunk; the planner defers the WAL checkpoint to the next ordinary
+commit; its cost is shown on its own line. PostgreSQL: each chunk is planned while a writer thread commits the one
+before; stock configuration (shared_buffers 128 MB, max_wal_size 1 GB, synchronous_commit on).
 """
 
 
