@@ -105,6 +105,19 @@ def test_crash_half_way_then_rerun_gives_the_same_notifications(factory, demo_db
     assert outbox_keys(factory) == outbox_keys(reference)
 
 
+def capacity_outcome(factory):
+    """(sailings overbooked, places held by offers per (sailing, class), the hold counters, standby offers)."""
+    with factory() as session:
+        over = session.scalar(select(func.count()).select_from(SailingCapacity).where(
+            SailingCapacity.booked + SailingCapacity.held > SailingCapacity.capacity))
+        held_by_offers = dict(((sailing, space), places) for sailing, space, places in session.execute(
+            select(Offer.sailing_id, Offer.space_class, func.sum(Offer.places)).where(Offer.status == "held")
+            .group_by(Offer.sailing_id, Offer.space_class)))
+        counters = {(c.sailing_id, c.space_class): c.held for c in session.scalars(select(SailingCapacity))}
+        standby = session.scalar(select(func.count()).select_from(Offer).where(Offer.kind == "standby"))
+    return over, held_by_offers, counters, standby
+
+
 def test_a_full_alternative_sailing_is_never_overbooked(factory, demo_db, tmp_settings):
     ingest(factory, cap.parse(bundled_feed(demo_db.epoch)))
     process_new_items(factory, load_rules([rules_dir()]), now=demo_db.epoch)
@@ -116,14 +129,8 @@ def test_a_full_alternative_sailing_is_never_overbooked(factory, demo_db, tmp_se
                         .values(capacity=SailingCapacity.booked + 3))
     plan_pending(factory, tmp_settings, now=demo_db.epoch)
 
+    over, held_by_offers, counters, standby = capacity_outcome(factory)
     with factory() as session:
-        over = session.scalar(select(func.count()).select_from(SailingCapacity).where(
-            SailingCapacity.booked + SailingCapacity.held > SailingCapacity.capacity))
-        held_by_offers = dict(((sailing, space), places) for sailing, space, places in session.execute(
-            select(Offer.sailing_id, Offer.space_class, func.sum(Offer.places)).where(Offer.status == "held")
-            .group_by(Offer.sailing_id, Offer.space_class)))
-        counters = {(c.sailing_id, c.space_class): c.held for c in session.scalars(select(SailingCapacity))}
-        standby = session.scalar(select(func.count()).select_from(Offer).where(Offer.kind == "standby"))
         refunds = session.scalars(select(Offer).where(Offer.kind == "refund")).all()
     assert over == 0
     assert held_by_offers and all(places <= 3 for places in held_by_offers.values())
@@ -162,14 +169,8 @@ def test_places_taken_by_another_writer_while_planning_ahead_are_never_overbooke
     monkeypatch.setattr(broadcasts, "_plan_chunk", ordinary)
     plan_pending(factory, tmp_settings, now=demo_db.epoch)
 
+    over, held_by_offers, counters, standby = capacity_outcome(factory)
     with factory() as session:
-        over = session.scalar(select(func.count()).select_from(SailingCapacity).where(
-            SailingCapacity.booked + SailingCapacity.held > SailingCapacity.capacity))
-        held_by_offers = dict(((sailing, space), places) for sailing, space, places in session.execute(
-            select(Offer.sailing_id, Offer.space_class, func.sum(Offer.places)).where(Offer.status == "held")
-            .group_by(Offer.sailing_id, Offer.space_class)))
-        counters = {(c.sailing_id, c.space_class): c.held for c in session.scalars(select(SailingCapacity))}
-        standby = session.scalar(select(func.count()).select_from(Offer).where(Offer.kind == "standby"))
         refunded = session.scalar(select(func.count(func.distinct(Offer.booking_id))).where(Offer.kind == "refund"))
         disrupted_bookings = session.scalar(select(func.count()).select_from(Booking).where(
             Booking.status == "confirmed", Booking.sailing_id.in_(select(Disruption.sailing_id))))
