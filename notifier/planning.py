@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import Table, event, select
@@ -46,9 +47,10 @@ ALLOCATION_ATTEMPTS = 3
 PAGE = 5000  # ids per IN list: one statement for a whole chunk, well under every engine's parameter limit
 NOTICE_COLUMNS = ("dedup_key", "booking_id", "customer_id", "disruption_id", "revision", "broadcast_id", "channel",
                   "recipient", "language", "template", "purpose", "subject", "body_text", "body_html", "segments",
-                  "safety_critical", "status", "priority", "attempts", "created_at")
+                  "safety_critical", "status", "priority", "attempts")
 OFFER_COLUMNS = ("booking_id", "disruption_id", "revision", "option_key", "kind", "sailing_id", "space_class",
-                 "places", "amount", "currency", "status", "hold_expires_at", "holds", "deadline", "created_at")
+                 "places", "amount", "currency", "status", "hold_expires_at", "holds", "deadline")
+_OFFER_ROW = attrgetter(*OFFER_COLUMNS)  # a PlannedOffer's values in column order (its fields bear their names)
 
 
 @dataclass(slots=True)
@@ -386,12 +388,9 @@ def _hold_all(session: Session, taken: Counter) -> bool:
 
 
 def _insert_offers(session: Session, offers: list[PlannedOffer]) -> None:
-    if not offers:
-        return
-    created = utcnow()
-    bulk_insert(session, Offer.__table__, OFFER_COLUMNS, [
-        (o.booking_id, o.disruption_id, o.revision, o.option_key, o.kind, o.sailing_id, o.space_class, o.places,
-         o.amount, o.currency, o.status, o.hold_expires_at, o.holds, o.deadline, created) for o in offers])
+    if offers:
+        bulk_insert(session, Offer.__table__, OFFER_COLUMNS, list(map(_OFFER_ROW, offers)),
+                    constants={"created_at": utcnow()})
 
 
 # --- recipients and notices ----------------------------------------------------------------------------------------
@@ -429,7 +428,7 @@ def plan_chunk(session: Session, broadcast_id: int, parts: list[Any], settings: 
     """Plan one chunk: `parts` are (sailing plan, booking ids) in planning order (broadcasts.ChunkPart)."""
     chunk, made, work = _chunk_work(session, parts)
     planned = allocate_offers(session, work, settings, now) if work else {}
-    notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status, now)
+    notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status)
     store_checks(session, fresh)
     _commit_notices(session, broadcast_id, notices, result)
 
@@ -476,7 +475,7 @@ def prepare_chunk(session: Session, parts: list[Any], settings: Any, now: dateti
             plan.shared.setdefault("memos", _Memos()).new_chunk()
         for plan, bookings in work:
             _allocate(session, plan, bookings, places, taken, {}, settings, now, planned)
-    notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status, now)
+    notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status)
     return PreparedChunk(taken, [offer for offers in planned.values() for offer in offers], fresh, notices)
 
 
@@ -564,8 +563,7 @@ def _chunk_work(session: Session, parts: list[Any]) -> tuple[dict, dict, list[tu
 
 
 def _chunk_notices(session: Session, parts: list[Any], chunk: dict, made: dict, planned: dict, settings: Any,
-                   broadcast_id: int, initial_status: str, now: datetime
-                   ) -> tuple[ChunkNotices, dict[int, dict[str, Any]]]:
+                   broadcast_id: int, initial_status: str) -> tuple[ChunkNotices, dict[int, dict[str, Any]]]:
     # The chunk's outbox rows, and the contact checks made afresh on the way (to be stored).
     checks, fresh = checked_contacts([customer for _, customer in chunk.values()])
     respect = settings.safety_critical_opt_out != "send"
@@ -573,13 +571,13 @@ def _chunk_notices(session: Session, parts: list[Any], chunk: dict, made: dict, 
     stops = opted_out_among(session, addresses) if respect else frozenset()
     notices = ChunkNotices()
     for part in parts:
-        _part_notices(part, chunk, made, planned, checks, stops, respect, broadcast_id, initial_status, now, notices)
+        _part_notices(part, chunk, made, planned, checks, stops, respect, broadcast_id, initial_status, notices)
     return notices, fresh
 
 
 def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], made: dict, planned: dict,
                   checks: dict[int, dict[str, Any]], stops: frozenset, respect: bool, broadcast_id: int,
-                  initial_status: str, now: datetime, notices: ChunkNotices) -> None:
+                  initial_status: str, notices: ChunkNotices) -> None:
     from .broadcasts import dedup_key
 
     plan = part.plan
@@ -609,7 +607,7 @@ def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], m
             rows.append((key, booking_id, customer.id, disruption_id, revision, broadcast_id, recipient.channel,
                          recipient.address, rendered.language, template, "notice", rendered.subject,
                          rendered.body_text, rendered.body_html, rendered.segments, True, initial_status, priority,
-                         0, now))
+                         0))
 
 
 def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, result: Any) -> None:
@@ -619,12 +617,11 @@ def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, 
     result.bookings += notices.bookings
     if not notices.rows:
         return
-    created = utcnow()
-    rows = [row[:-1] + (created,) for row in notices.rows]
-    for row in rows:
-        result.by_channel_language[(row[6], row[8])] += 1
-        result.segments += row[14]
-    inserted = max(bulk_insert(session, Notification.__table__, NOTICE_COLUMNS, rows, skip_duplicates=True), 0)
+    rows = notices.rows
+    result.by_channel_language.update(zip(map(itemgetter(6), rows), map(itemgetter(8), rows)))
+    result.segments += sum(map(itemgetter(14), rows))
+    inserted = max(bulk_insert(session, Notification.__table__, NOTICE_COLUMNS, rows, skip_duplicates=True,
+                               constants={"created_at": utcnow()}), 0)
     result.notifications += inserted
     result.skipped_existing += len(rows) - inserted
     if inserted < len(rows):
@@ -665,18 +662,20 @@ def _restore_pragmas(dbapi_connection: Any, record: Any) -> None:
 
 
 def bulk_insert(session: Session, table: Table, columns: tuple[str, ...], rows: list[tuple],
-                skip_duplicates: bool = False) -> int:
+                skip_duplicates: bool = False, constants: dict[str, Any] | None = None) -> int:
     """Write many rows at once, values converted by the columns' own types (each distinct value once); returns
-    how many were inserted. `skip_duplicates`: a row whose unique key exists is skipped (ON CONFLICT DO NOTHING).
+    how many were inserted. `skip_duplicates`: a row whose unique key exists is skipped (ON CONFLICT DO NOTHING);
+    `constants`: columns with one value for every row (a chunk's creation time), added here.
     SQLite: the driver's executemany. PostgreSQL: COPY (through a temporary table when skipping duplicates)."""
     if not rows:
         return 0
     connection = session.connection()
     dialect = connection.dialect
+    columns = (*columns, *(constants or {}))
     processors = [(index, processor) for index, name in enumerate(columns)
                   if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
-    if processors:
-        rows = _converted(rows, processors)
+    if processors or constants:
+        rows = _converted(rows, processors, list((constants or {}).values()))
     names = ", ".join(columns)
     if dialect.name == "postgresql":
         return _copy_in(connection.connection.driver_connection, table.name, names, rows, skip_duplicates)
@@ -706,11 +705,11 @@ def _copy_in(driver: Any, table: str, names: str, rows: list[tuple], skip_duplic
         return inserted
 
 
-def _converted(rows: list[tuple], processors: list[tuple[int, Any]]) -> list[tuple]:
+def _converted(rows: list[tuple], processors: list[tuple[int, Any]], constants: list[Any]) -> list[tuple]:
     # Column by column: the converted columns are a few (times, amounts, flags, small documents) and their values
     # repeat across a chunk (a chunk's times are one or two moments), so each distinct value is converted once and
     # the rest is done by dict lookups and zip, at C speed.
-    columns = list(zip(*rows, strict=True))
+    columns = list(zip(*rows, strict=True)) + [(value,) * len(rows) for value in constants]
     for index, processor in processors:
         columns[index] = _converted_column(columns[index], processor)
     return list(zip(*columns, strict=True))
