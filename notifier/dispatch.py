@@ -267,7 +267,7 @@ def to_message(notification: Any, settings: Settings | None = None, now: datetim
             extra["validity_seconds"] = max(1, int(min(settings.sms_validity_seconds, left)))
             extra["status_callback"] = status_callback_url(settings, notification.id)
         else:
-            extra["unsubscribe_url"] = unsubscribe_url(settings, notification.recipient)
+            extra["unsubscribe_url"] = unsubscribe_url(settings, notification.id)
     return Message(notification_id=notification.id, channel=notification.channel, recipient=notification.recipient,
                    body_text=notification.body_text, subject=notification.subject, body_html=notification.body_html,
                    segments=notification.segments,

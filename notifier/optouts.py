@@ -21,8 +21,11 @@ from sqlalchemy.orm import Session
 from . import NotifierError, audit
 from .config import Settings
 from .db import insert_ignore
-from .models import Customer, OptOut
+from .models import Customer, Notification, OptOut
 from .privacy import mask_contact
+
+UNSUBSCRIBE_SALT = "notifier.unsubscribe.notice"
+LEGACY_UNSUBSCRIBE_SALT = "notifier.unsubscribe"  # links that named the address itself (before 2026-12)
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订", "TD"}
 START_WORDS = {"START", "UNSTOP"}
@@ -105,21 +108,44 @@ def language_of(session: Session, phone: str, text: str, default: str) -> str:
     return language or default
 
 
-def unsubscribe_token(secret: str, address: str) -> str:
-    """A signed token naming one email address, for its List-Unsubscribe link (it does not expire)."""
-    return URLSafeSerializer(secret, salt="notifier.unsubscribe").dumps(address)
+def unsubscribe_token(secret: str, notification_id: int) -> str:
+    """A signed token naming the email (its outbox row) that carried an unsubscribe link. The address itself stays
+    out of the URL: proxies, browsers and mail scanners keep URLs, and a signed payload is only base64."""
+    return URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).dumps(notification_id)
 
 
-def read_unsubscribe_token(secret: str, token: str) -> str:
-    """The email address an unsubscribe token names; UnsubscribeLinkError when it was altered."""
+def read_unsubscribe_token(secret: str, token: str) -> int | str:
+    """The outbox row an unsubscribe token names (or, for a link sent before tokens named rows, the address);
+    UnsubscribeLinkError when it was altered."""
     try:
-        return str(URLSafeSerializer(secret, salt="notifier.unsubscribe").loads(token))
+        notification_id = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).loads(token)
     except BadSignature:
-        raise UnsubscribeLinkError("this unsubscribe link is not valid (it may be incomplete or altered)") from None
+        try:
+            return str(URLSafeSerializer(secret, salt=LEGACY_UNSUBSCRIBE_SALT).loads(token))
+        except BadSignature:
+            raise UnsubscribeLinkError("this unsubscribe link is not valid (it may be incomplete or altered)") from None
+    if not isinstance(notification_id, int) or isinstance(notification_id, bool):
+        raise UnsubscribeLinkError("this unsubscribe link is not valid (it may be incomplete or altered)")
+    return notification_id
 
 
-def unsubscribe_url(settings: Settings, address: str) -> str:
-    """The List-Unsubscribe address for an email: a one-click HTTPS link when a secret is set, else a mailto."""
+def unsubscribing_address(session: Session, named: int | str) -> str:
+    """The email address an unsubscribe token stands for: the one its email went to. UnsubscribeLinkError when
+    that email is no longer on record (removed by the retention purge)."""
+    if isinstance(named, str):
+        return named
+    address = session.scalar(select(Notification.recipient).where(Notification.id == named,
+                                                                  Notification.channel == "email"))
+    if address is None:
+        raise UnsubscribeLinkError("this unsubscribe link has expired: reply to any of our emails with the word "
+                                   "unsubscribe, or call our helpline")
+    return address
+
+
+def unsubscribe_url(settings: Settings, notification_id: int) -> str:
+    """The List-Unsubscribe address for an email (its outbox row): a one-click HTTPS link when a secret is set,
+    else a mailto."""
     if settings.secret_key:
-        return f"{settings.public_base_url.rstrip('/')}/unsubscribe/{unsubscribe_token(settings.secret_key, address)}"
+        token = unsubscribe_token(settings.secret_key, notification_id)
+        return f"{settings.public_base_url.rstrip('/')}/unsubscribe/{token}"
     return f"mailto:{settings.smtp_from}?subject=unsubscribe"

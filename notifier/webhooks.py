@@ -44,7 +44,7 @@ from .fallback import plan_fallback
 from .followups import record_help
 from .models import DeliveryAttempt, Notification, utcnow
 from .optouts import (UnsubscribeLinkError, keyword, language_of, lift_opt_out, read_unsubscribe_token,
-                      record_opt_out, reply)
+                      record_opt_out, reply, unsubscribing_address)
 from .privacy import mask_contact, redact
 from .satisfaction import answer_sms_score
 
@@ -221,11 +221,12 @@ def unsubscribe(token: str) -> Response:
     """Record the email opt-out (RFC 8058 one-click, or the button)."""
     settings = _settings()
     try:
-        address = read_unsubscribe_token(settings.secret_key, token)
+        named = read_unsubscribe_token(settings.secret_key, token)
+        with transaction(_factory()) as session:
+            record_opt_out(session, "email", unsubscribing_address(session, named), "unsubscribe",
+                           actor="email-unsubscribe")
     except UnsubscribeLinkError as exc:
         return Response(_page(settings, html.escape(str(exc))), status=404, mimetype="text/html")
-    with transaction(_factory()) as session:
-        record_opt_out(session, "email", address, "unsubscribe", actor="email-unsubscribe")
     return Response(_page(settings, "You will get no more emails from us. / 您已退订邮件通知。"), mimetype="text/html")
 
 

@@ -3,6 +3,7 @@ segment in any order; inbound STOP / START / HELP and answers; and the email one
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import sys
 from urllib.parse import urlsplit
@@ -237,8 +238,14 @@ def test_signatures_are_checked_against_the_public_url_not_the_local_one(client,
 
 # --- email unsubscribe ---------------------------------------------------------------------------------------------
 
+def emailed(factory) -> int:
+    """An email notice to EMAIL (the outbox row an unsubscribe link names)."""
+    with transaction(factory) as session:
+        return queue_notice(session, add_customer(session), "email", "Your sailing is cancelled.\n").id
+
+
 def test_one_click_unsubscribe_records_the_email_opt_out_but_a_get_does_not(client, settings, factory):
-    token = unsubscribe_token(settings.secret_key, EMAIL)
+    token = unsubscribe_token(settings.secret_key, emailed(factory))
     page = client.get(f"/unsubscribe/{token}")
     assert page.status_code == 200 and "<form" in page.text
     with factory() as session:
@@ -251,8 +258,39 @@ def test_one_click_unsubscribe_records_the_email_opt_out_but_a_get_does_not(clie
     assert client.post(f"/unsubscribe/{token}x").status_code == 404
 
 
+def test_the_unsubscribe_link_does_not_carry_the_address(settings, factory):
+    from notifier.dispatch import to_message
+
+    with factory() as session:
+        message = to_message(session.get(Notification, emailed(factory)), settings)
+    token = message.unsubscribe_url.rsplit("/", 1)[1]
+    payload = token.split(".")[0]
+    decoded = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    assert message.unsubscribe_url.startswith("https://") and EMAIL not in message.unsubscribe_url
+    assert b"li.wei" not in decoded and b"example" not in decoded
+
+
+def test_an_unsubscribe_link_sent_before_links_named_the_email_still_works(client, settings, factory):
+    from itsdangerous import URLSafeSerializer
+
+    legacy = URLSafeSerializer(settings.secret_key, salt="notifier.unsubscribe").dumps(EMAIL)
+    assert client.post(f"/unsubscribe/{legacy}").status_code == 200
+    with factory() as session:
+        assert session.scalar(select(OptOut.address).where(OptOut.channel == "email")) == EMAIL
+
+
+def test_an_unsubscribe_link_whose_email_was_purged_says_so_and_records_nothing(client, settings, factory):
+    notification_id = emailed(factory)
+    with transaction(factory) as session:
+        session.delete(session.get(Notification, notification_id))
+    page = client.post(f"/unsubscribe/{unsubscribe_token(settings.secret_key, notification_id)}")
+    assert page.status_code == 404 and "expired" in page.text
+    with factory() as session:
+        assert session.scalar(select(OptOut)) is None
+
+
 def test_an_unsubscribed_address_gets_no_more_email(client, settings, factory, relay):
-    client.post(f"/unsubscribe/{unsubscribe_token(settings.secret_key, EMAIL)}")
+    client.post(f"/unsubscribe/{unsubscribe_token(settings.secret_key, emailed(factory))}")
     with transaction(factory) as session:
         queue_notice(session, add_customer(session), "email", "Your sailing is cancelled.\n")
     dispatch_all(factory, dataclasses.replace(settings, safety_critical_opt_out="respect"),
