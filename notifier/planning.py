@@ -719,13 +719,16 @@ def _converted_column(values: tuple, processor: Any) -> list[Any]:
     try:
         distinct = set(values)
     except TypeError:  # JSON documents (dicts): by their items, converted once per distinct document
-        known: dict[Any, Any] = {}
+        known: dict[Any, Any] = {None: None}
         converted = []
         for value in values:
-            key = None if value is None else tuple(value.items()) if isinstance(value, dict) else value
-            if key not in known:
-                known[key] = None if value is None else processor(value)
-            converted.append(known[key])
+            key = tuple(value.items()) if isinstance(value, dict) else value
+            try:
+                if key not in known:
+                    known[key] = processor(value)
+                converted.append(known[key])
+            except TypeError:  # a document holding lists: converted on its own
+                converted.append(processor(value))
         return converted
     known = {value: None if value is None else processor(value) for value in distinct}
     return list(map(known.__getitem__, values))
