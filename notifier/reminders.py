@@ -12,6 +12,10 @@ another channel either), never after a choice or the deadline, and never twice: 
 
 The reminder is rendered from the notice's own values (`broadcasts.notice_context`): the same alternatives,
 refund, deadline and link, so a reminder never says something the notice did not.
+
+A typhoon leaves a hundred thousand bookings to remind: the due reminders go in chunks, each read in a few IN-list
+queries (bookings, customers, notices, offers, opt-outs), decided and rendered in memory, and written by one
+insert that skips duplicates, in one transaction with its audit entry.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import audit
 from .config import Settings
-from .db import insert_ignore, transaction
+from .db import transaction
 from .fallback import contact
 from .messages import local_time, render
-from .models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, OptOut, Port, Route,
-                     Sailing, utcnow)
+from .models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, Port, Route, Sailing,
+                     utcnow)
+from .optouts import opted_out_addresses
+from .planning import NOTICE_COLUMNS, bulk_insert
 
 TEMPLATE = "reminder"
 CHOOSABLE = ("rebook", "standby", "refund")
@@ -38,7 +44,8 @@ TOLD = ("sent", "delivered")
 FAILED = ("failed", "undelivered", "expired", "suppressed")
 NOTICE_PURPOSES = ("notice", "fallback")
 OTHER_CHANNEL = {"sms": "email", "email": "sms"}
-CHUNK = 200
+CHUNK = 500  # due reminders per transaction
+PAGE = 500  # ids per IN list
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,11 @@ def due_reminders(session: Session, settings: Settings, now: datetime) -> list[D
     """Bookings whose one reminder is due now and not yet queued."""
     if settings.reminder_lead_minutes <= 0:
         return []
+    # "+ 0" keeps SQLite (no statistics) off the disruption index: a typhoon's disruption has a thousand notices
+    # or more, scanned for each of its offers (minutes for 100,000 bookings); a booking has a handful.
     reminded = exists().where(Notification.booking_id == Offer.booking_id,
-                              Notification.disruption_id == Offer.disruption_id, Notification.purpose == "reminder")
+                              Notification.disruption_id + 0 == Offer.disruption_id,
+                              Notification.purpose == "reminder")
     query = _unanswered_offers(timedelta(minutes=settings.reminder_lead_minutes), now).where(~reminded)
     # By disruption: a chunk then shares one disruption's facts (its alternatives, ports, times).
     return [Due(b, d, deadline) for b, d, deadline in session.execute(query.order_by(Offer.disruption_id,
@@ -91,51 +101,151 @@ def queue_reminders(factory: sessionmaker[Session], settings: Settings, now: dat
         due = due_reminders(session, settings, now)
     queued = 0
     for start in range(0, len(due), CHUNK):
+        # One transaction per chunk: a watcher killed half-way keeps what it queued, and a re-run skips it.
         with transaction(factory) as session:
-            facts: dict[int, Any] = {}
-            stops = _opted_out(session)
-            added = [d for d in due[start:start + CHUNK] if _queue_one(session, settings, d, now, facts, stops)]
-            if added:
-                audit.record(session, "watcher", "reminders.queued", None, None, count=len(added),
-                             disruptions=sorted({d.disruption_id for d in added}))
-            queued += len(added)
+            queued += _queue_chunk(session, settings, due[start:start + CHUNK], now)
     return queued
 
 
-def _opted_out(session: Session) -> set[tuple[str, str]]:
-    return {tuple(row) for row in session.execute(select(OptOut.channel, OptOut.address))}
+@dataclass
+class ChunkRows:
+    """What a chunk of due reminders needs, read in a few IN-list queries instead of a few queries per booking."""
+
+    bookings: dict[int, Booking]
+    customers: dict[int, Customer]
+    disruptions: dict[int, Disruption]
+    notices: dict[tuple[int, int], list[Any]]  # (booking, disruption) -> its notices' (channel, status, sent_at)
+    offers: dict[tuple[int, int], list[Offer]]  # (booking, disruption) -> its current-revision offers, by key
 
 
-def _queue_one(session: Session, settings: Settings, due: Due, now: datetime, facts: dict[int, Any],
-               stops: set[tuple[str, str]]) -> bool:
-    booking = session.get(Booking, due.booking_id)
-    customer = session.get(Customer, booking.customer_id)
-    channel = reminder_channel(session, customer, due, now, settings, stops)
-    if channel is None:
-        return False
-    disruption = session.get(Disruption, due.disruption_id)
+def _queue_chunk(session: Session, settings: Settings, chunk: list[Due], now: datetime) -> int:
+    loaded = _load_chunk(session, chunk)
+    # The choice is made without opt-outs, which are then read once for the chunk's chosen addresses and applied
+    # as `choose_address` would (an address that opted out gets no reminder, and no other channel is tried).
+    reachable = [(due, *told) for due in chunk if (told := _address_of(loaded, due, now, settings)) is not None]
+    stops = _opted_out(session, [(channel, address) for _, channel, address in reachable])
+    chosen = _not_yet_queued(session, [(due, channel, address) for due, channel, address in reachable
+                                       if (channel, address) not in stops])
+    facts: dict[int, Any] = {}
+    rows = [_reminder_row(session, settings, loaded, due, channel, address, facts)
+            for due, channel, address in chosen]
+    added = max(bulk_insert(session, Notification.__table__, NOTICE_COLUMNS, rows, skip_duplicates=True,
+                            constants={"created_at": utcnow()}), 0)
+    if added:
+        audit.record(session, "watcher", "reminders.queued", None, None, count=added,
+                     disruptions=sorted({due.disruption_id for due, _, _ in chosen}))
+    return added
+
+
+def _customer_of(loaded: ChunkRows, due: Due) -> Customer:
+    return loaded.customers[loaded.bookings[due.booking_id].customer_id]
+
+
+def _address_of(loaded: ChunkRows, due: Due, now: datetime, settings: Settings) -> tuple[str, str] | None:
+    notices = loaded.notices.get((due.booking_id, due.disruption_id), [])
+    return choose_address(_customer_of(loaded, due), notices, now, settings, set())
+
+
+def _load_chunk(session: Session, chunk: list[Due]) -> ChunkRows:
+    booking_ids = sorted({due.booking_id for due in chunk})
+    disruption_ids = sorted({due.disruption_id for due in chunk})
+    pairs = {(due.booking_id, due.disruption_id) for due in chunk}
+    bookings = {b.id: b for page in _pages(booking_ids) for b in session.scalars(
+        select(Booking).where(Booking.id.in_(page)))}
+    customer_ids = sorted({b.customer_id for b in bookings.values()})
+    customers = {c.id: c for page in _pages(customer_ids) for c in session.scalars(
+        select(Customer).where(Customer.id.in_(page)))}
+    disruptions = {d.id: d for d in session.scalars(select(Disruption).where(Disruption.id.in_(disruption_ids)))}
+    return ChunkRows(bookings, customers, disruptions, _notices_of(session, booking_ids, disruption_ids, pairs),
+                     _current_offers(session, booking_ids, disruptions, pairs))
+
+
+def _pages(ids: list[int]) -> list[list[int]]:
+    # Bounded IN lists: SQLite's parameter limit, and PostgreSQL plans a short list better than a huge one.
+    return [ids[start:start + PAGE] for start in range(0, len(ids), PAGE)]
+
+
+def _notices_of(session: Session, booking_ids: list[int], disruption_ids: list[int],
+                pairs: set[tuple[int, int]]) -> dict[tuple[int, int], list[Any]]:
+    """The notices `choose_address` reads, for each (booking, disruption) pair asked for."""
+    notices: dict[tuple[int, int], list[Any]] = {}
+    for page in _pages(booking_ids):
+        for row in session.execute(_notice_query().where(Notification.booking_id.in_(page),
+                                                         Notification.disruption_id.in_(disruption_ids))):
+            # A booking of the chunk may have notices of another of the chunk's disruptions: not this pair's.
+            if (row.booking_id, row.disruption_id) in pairs:
+                notices.setdefault((row.booking_id, row.disruption_id), []).append(row)
+    return notices
+
+
+def _notice_query():  # noqa: ANN202
+    return select(Notification.booking_id, Notification.disruption_id, Notification.channel, Notification.status,
+                  Notification.sent_at).where(Notification.purpose.in_(NOTICE_PURPOSES),
+                                              Notification.status != "cancelled")
+
+
+def _current_offers(session: Session, booking_ids: list[int], disruptions: dict[int, Disruption],
+                    pairs: set[tuple[int, int]]) -> dict[tuple[int, int], list[Offer]]:
+    """Each pair's offers of its disruption's current revision, by option key (as the notice listed them)."""
+    offers: dict[tuple[int, int], list[Offer]] = {}
+    for page in _pages(booking_ids):
+        for offer in session.scalars(select(Offer).where(Offer.booking_id.in_(page),
+                                                         Offer.disruption_id.in_(list(disruptions)))
+                                     .order_by(Offer.booking_id, Offer.disruption_id, Offer.option_key)):
+            key = (offer.booking_id, offer.disruption_id)
+            if key in pairs and offer.revision == disruptions[offer.disruption_id].revision:
+                offers.setdefault(key, []).append(offer)
+    return offers
+
+
+def _opted_out(session: Session, addresses: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (channel, address) opted out."""
+    stops: set[tuple[str, str]] = set()
+    for channel in sorted({channel for channel, _ in addresses}):
+        wanted = sorted({address for c, address in addresses if c == channel})
+        for start in range(0, len(wanted), PAGE):
+            stops.update((channel, address)
+                         for address in opted_out_addresses(session, channel, wanted[start:start + PAGE]))
+    return stops
+
+
+def _not_yet_queued(session: Session, chosen: list[tuple[Due, str, str]]) -> list[tuple[Due, str, str]]:
+    # `due_reminders` read before this transaction: another run may have queued some since. Dropping them here
+    # keeps the audit's disruptions to what this chunk really added (the insert would skip them anyway).
+    keys = [reminder_key(due.booking_id, due.disruption_id) for due, _, _ in chosen]
+    queued = {key for start in range(0, len(keys), PAGE) for key in session.scalars(
+        select(Notification.dedup_key).where(Notification.dedup_key.in_(keys[start:start + PAGE])))}
+    return [told for told in chosen if reminder_key(told[0].booking_id, told[0].disruption_id) not in queued]
+
+
+def _reminder_row(session: Session, settings: Settings, loaded: ChunkRows, due: Due, channel: str, address: str,
+                  facts: dict[int, Any]) -> tuple:
+    """The outbox row of one reminder, in `NOTICE_COLUMNS` order."""
+    booking, disruption = loaded.bookings[due.booking_id], loaded.disruptions[due.disruption_id]
+    customer = _customer_of(loaded, due)
+    sailing_facts = reminder_facts(session, disruption, facts)
+    offers = loaded.offers.get((booking.id, disruption.id), [])
     rendered = render(channel, TEMPLATE, customer.language,
-                      reminder_context(session, settings, booking, customer, disruption, due.deadline, facts))
-    row = {"dedup_key": reminder_key(booking.id, disruption.id), "booking_id": booking.id,
-           "customer_id": customer.id, "disruption_id": disruption.id, "revision": disruption.revision,
-           "broadcast_id": None, "channel": channel, "recipient": contact(customer, channel),
-           "language": rendered.language, "template": TEMPLATE, "purpose": "reminder", "subject": rendered.subject,
-           "body_text": rendered.body_text, "body_html": rendered.body_html, "segments": rendered.segments,
-           "safety_critical": False, "status": "queued",
-           "priority": int(facts[disruption.id].sailing.scheduled_departure.timestamp()), "attempts": 0,
-           "created_at": utcnow()}
-    return bool(session.execute(insert_ignore(Notification.__table__, session), [row]).rowcount)
+                      _context(settings, sailing_facts, booking, customer, offers, due.deadline))
+    return (reminder_key(booking.id, disruption.id), booking.id, customer.id, disruption.id, disruption.revision,
+            None, channel, address, rendered.language, TEMPLATE, "reminder", rendered.subject,
+            rendered.body_text, rendered.body_html, rendered.segments, False, "queued",
+            int(sailing_facts.sailing.scheduled_departure.timestamp()), 0)
 
 
 def reminder_channel(session: Session, customer: Customer, due: Due, now: datetime, settings: Settings,
                      stops: set[tuple[str, str]]) -> str | None:
-    """The channel for the reminder, or None: no notice told yet, told too recently, every channel failed, or
-    the address opted out."""
-    notices = session.execute(select(Notification.channel, Notification.status, Notification.sent_at)
-                              .where(Notification.booking_id == due.booking_id,
-                                     Notification.disruption_id == due.disruption_id,
-                                     Notification.purpose.in_(NOTICE_PURPOSES),
-                                     Notification.status != "cancelled")).all()
+    """The channel for one booking's reminder, or None (see `choose_address`); reads its notices itself."""
+    notices = session.execute(_notice_query().where(Notification.booking_id == due.booking_id,
+                                                    Notification.disruption_id == due.disruption_id)).all()
+    chosen = choose_address(customer, notices, now, settings, stops)
+    return chosen[0] if chosen else None
+
+
+def choose_address(customer: Customer, notices: list[Any], now: datetime, settings: Settings,
+                   stops: set[tuple[str, str]]) -> tuple[str, str] | None:
+    """The (channel, address) for the reminder, given the booking's notices (channel, status, sent_at), or None:
+    no notice told yet, told too recently, every channel failed, or the address opted out."""
     preferred = [c for c in customer.channels or [] if c in OTHER_CHANNEL]
     told = [n for n in notices if n.status in TOLD]
     if told:
@@ -155,16 +265,32 @@ def reminder_channel(session: Session, customer: Customer, due: Due, now: dateti
     address = contact(customer, channel)
     if address is None or (channel, address) in stops:
         return None
-    return channel
+    return channel, address
 
 
 def reminder_context(session: Session, settings: Settings, booking: Booking, customer: Customer,
                      disruption: Disruption, deadline: datetime, facts: dict[int, Any]) -> dict[str, Any]:
     """The notice's own template values (for this booking's current offers), plus what happens without an
-    answer (`no_answer`: "refund" or "first_sailing")."""
-    from .broadcasts import SailingFacts, notice_context
-    from .offers import candidates_for
+    answer (`no_answer`: "refund" or "first_sailing"); reads the booking's offers itself."""
+    offers = list(session.scalars(select(Offer).where(
+        Offer.booking_id == booking.id, Offer.disruption_id == disruption.id, Offer.revision == disruption.revision)
+        .order_by(Offer.option_key)))
+    return _context(settings, reminder_facts(session, disruption, facts), booking, customer, offers, deadline)
+
+
+def _context(settings: Settings, sailing_facts: Any, booking: Booking, customer: Customer, offers: list[Offer],
+             deadline: datetime) -> dict[str, Any]:
+    from .broadcasts import notice_context
     from .responses import default_policy
+
+    context = notice_context(sailing_facts, booking, customer, offers, settings, customer.language, deadline)
+    return {**context, "no_answer": default_policy(settings, sailing_facts.route.jurisdiction)}
+
+
+def reminder_facts(session: Session, disruption: Disruption, facts: dict[int, Any]) -> Any:
+    """The disruption's `broadcasts.SailingFacts`, made once per disruption and kept in `facts`."""
+    from .broadcasts import SailingFacts
+    from .offers import candidates_for
 
     if disruption.id not in facts:
         sailing = session.get(Sailing, disruption.sailing_id)
@@ -174,11 +300,7 @@ def reminder_context(session: Session, settings: Settings, booking: Booking, cus
             destination=ports[sailing.destination_port_id], route=session.get(Route, sailing.route_id),
             candidates=candidates_for(session, disruption), candidate_ports=ports,
             vessel_name=sailing.vessel.name if sailing.vessel else "")
-    offers = list(session.scalars(select(Offer).where(
-        Offer.booking_id == booking.id, Offer.disruption_id == disruption.id, Offer.revision == disruption.revision)
-        .order_by(Offer.option_key)))
-    context = notice_context(facts[disruption.id], booking, customer, offers, settings, customer.language, deadline)
-    return {**context, "no_answer": default_policy(settings, facts[disruption.id].route.jurisdiction)}
+    return facts[disruption.id]
 
 
 # --- what the broadcast preview says -------------------------------------------------------------------------------

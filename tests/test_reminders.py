@@ -5,18 +5,34 @@ broadcast's preview."""
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
 from cli import main
+from notifier import audit, reminders as reminders_module
+from notifier.config import load_settings
 from notifier.console import reminder_lines
-from notifier.db import transaction
-from notifier.models import Booking, Broadcast, Customer, Notification, Offer
+from notifier.db import insert_ignore, make_engine, session_factory, transaction
+from notifier.demo import bundled_feed, generate
+from notifier.fallback import contact
+from notifier.feeds import cap
+from notifier.messages import render
+from notifier.migrate import upgrade
+from notifier.models import (AuditEntry, Booking, Broadcast, Customer, Disruption, Notification, Offer, OptOut,
+                             utcnow)
 from notifier.optouts import record_opt_out
-from notifier.reminders import planned_reminders, queue_reminders
+from notifier.paths import rules_dir
+from notifier.pipeline import ingest, plan_pending, process_new_items
+from notifier.reminders import (TEMPLATE, due_reminders, planned_reminders, queue_reminders, reminder_channel,
+                                reminder_context, reminder_key)
+from notifier.rules import load_rules
 from notifier.responses import handle_sms_reply
 from notifier.watcher import Watcher
 from tests.conftest import DEMO_NOW
@@ -161,3 +177,132 @@ def test_the_watcher_runs_reminders_worklist_and_satisfaction(typhoon, tmp_setti
     assert watcher.details["reminders"]["queued"] == len(reminders(factory)) > 0
     assert "error" not in watcher.details["followups"] and watcher.details["satisfaction"] == {
         "at": due.isoformat(), "requested": 0}
+
+
+# --- the chunked queue against the one-by-one reference ------------------------------------------------------------
+
+ROW_FIELDS = ("dedup_key", "booking_id", "customer_id", "disruption_id", "revision", "broadcast_id", "channel",
+              "recipient", "language", "template", "purpose", "subject", "body_text", "body_html", "segments",
+              "safety_critical", "status", "priority", "attempts")
+
+
+def settings_on(path: Path):
+    return load_settings(env={}, config_path=None, database_url=f"sqlite:///{path}", outbox_dir=str(path.parent),
+                         secret_key="test-secret", public_base_url="https://ferry.example")
+
+
+@pytest.fixture(scope="module")
+def many_due(tmp_path_factory):
+    """The demo typhoon on 12,000 bookings with every notice sent long ago, then some exceptions: SMS lost (the
+    reminder goes by email), an opt-out, a notice sent just now, a notice still queued. Returns the database
+    and the moment more than 1,000 reminders are due, across many disruptions."""
+    path = tmp_path_factory.mktemp("many-due") / "due.db"
+    settings = settings_on(path)
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    factory = session_factory(engine)
+    generate(factory, 12_000, DEMO_NOW)
+    ingest(factory, cap.parse(bundled_feed(DEMO_NOW)))
+    process_new_items(factory, load_rules([rules_dir()]), now=DEMO_NOW, settings=settings)
+    plan_pending(factory, settings, now=DEMO_NOW)
+    at = deadline_of(factory) - timedelta(minutes=30)
+    with transaction(factory) as session:
+        notice = Notification.purpose == "notice"
+        session.execute(update(Notification).where(notice).values(status="sent", sent_at=at - timedelta(days=1)))
+        session.execute(update(Notification).where(notice, Notification.channel == "sms",
+                                                   Notification.booking_id % 7 == 0).values(status="undelivered"))
+        session.execute(update(Notification).where(notice, Notification.booking_id % 11 == 0)
+                        .values(sent_at=at - timedelta(minutes=1)))
+        session.execute(update(Notification).where(notice, Notification.booking_id % 13 == 0)
+                        .values(status="queued", sent_at=None))
+        for recipient, channel in session.execute(select(Notification.recipient, Notification.channel)
+                                                  .where(notice, Notification.booking_id % 17 == 0)).all():
+            record_opt_out(session, channel, recipient, "sms_stop" if channel == "sms" else "unsubscribe")
+    engine.dispose()
+    return path, at
+
+
+def queue_one_by_one(factory, settings, now) -> int:
+    """The reference: the watcher's job as it was, booking by booking, through the per-booking functions."""
+    with factory() as session:
+        due = due_reminders(session, settings, now)
+    queued = 0
+    for start in range(0, len(due), 200):
+        with transaction(factory) as session:
+            facts, stops = {}, {tuple(row) for row in session.execute(select(OptOut.channel, OptOut.address))}
+            added = [d for d in due[start:start + 200] if queue_reference(session, settings, d, now, facts, stops)]
+            if added:
+                audit.record(session, "watcher", "reminders.queued", None, None, count=len(added),
+                             disruptions=sorted({d.disruption_id for d in added}))
+            queued += len(added)
+    return queued
+
+
+def queue_reference(session, settings, due, now, facts, stops) -> bool:
+    booking = session.get(Booking, due.booking_id)
+    customer = session.get(Customer, booking.customer_id)
+    channel = reminder_channel(session, customer, due, now, settings, stops)
+    if channel is None:
+        return False
+    disruption = session.get(Disruption, due.disruption_id)
+    rendered = render(channel, TEMPLATE, customer.language,
+                      reminder_context(session, settings, booking, customer, disruption, due.deadline, facts))
+    row = {"dedup_key": reminder_key(booking.id, disruption.id), "booking_id": booking.id,
+           "customer_id": customer.id, "disruption_id": disruption.id, "revision": disruption.revision,
+           "broadcast_id": None, "channel": channel, "recipient": contact(customer, channel),
+           "language": rendered.language, "template": TEMPLATE, "purpose": "reminder", "subject": rendered.subject,
+           "body_text": rendered.body_text, "body_html": rendered.body_html, "segments": rendered.segments,
+           "safety_critical": False, "status": "queued",
+           "priority": int(facts[disruption.id].sailing.scheduled_departure.timestamp()), "attempts": 0,
+           "created_at": utcnow()}
+    return bool(session.execute(insert_ignore(Notification.__table__, session), [row]).rowcount)
+
+
+def queued_on_a_copy(source: Path, name: str, queue, now) -> tuple[int, list[tuple], list[dict]]:
+    """Run `queue` on a copy of the database: (count, outbox rows in id order, audit details)."""
+    copy = source.with_name(name)
+    shutil.copyfile(source, copy)
+    settings = settings_on(copy)
+    engine = make_engine(settings.database_url)
+    try:
+        factory = session_factory(engine)
+        count = queue(factory, settings, now)
+        with factory() as session:
+            rows = session.execute(select(*(getattr(Notification, f) for f in ROW_FIELDS))
+                                   .where(Notification.purpose == "reminder").order_by(Notification.id)).all()
+            details = list(session.scalars(select(AuditEntry.details).where(
+                AuditEntry.action == "reminders.queued").order_by(AuditEntry.id)))
+        return count, [tuple(row) for row in rows], details
+    finally:
+        engine.dispose()
+
+
+def test_the_chunked_queue_writes_exactly_what_the_one_by_one_queue_did(many_due, monkeypatch):
+    source, at = many_due
+    # Small chunks and pages, so that chunks and IN lists split (and a chunk spans two disruptions).
+    monkeypatch.setattr(reminders_module, "CHUNK", 300)
+    monkeypatch.setattr(reminders_module, "PAGE", 128)
+
+    due = len(due_rows(source, at))
+    expected, expected_rows, expected_audit = queued_on_a_copy(source, "reference.db", queue_one_by_one, at)
+    count, rows, details = queued_on_a_copy(source, "chunked.db", queue_reminders, at)
+
+    assert due >= 1000 and count == expected == len(rows) > 0.7 * due  # the rest: the exceptions made above
+    assert rows == expected_rows  # every field, in the same order
+    assert len({row[3] for row in rows}) >= 2 and len(details) == -(-due // 300)
+    assert sum(d["count"] for d in details) == sum(d["count"] for d in expected_audit) == count
+    assert sorted({i for d in details for i in d["disruptions"]}) == sorted({row[3] for row in rows})
+    channels = {row[6] for row in rows if row[1] % 7 == 0}
+    assert "email" in channels and not any(row[1] % 11 == 0 or row[1] % 13 == 0 for row in rows)
+    assert not any(row[1] % 17 == 0 for row in rows)  # opted out: no reminder, not even on the other channel
+    # A re-run queues nothing more.
+    assert queued_on_a_copy(source.with_name("chunked.db"), "again.db", queue_reminders, at)[0] == 0
+
+
+def due_rows(source: Path, at) -> list:
+    engine = make_engine(settings_on(source).database_url)
+    try:
+        with session_factory(engine)() as session:
+            return due_reminders(session, settings_on(source), at)
+    finally:
+        engine.dispose()
