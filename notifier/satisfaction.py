@@ -12,6 +12,10 @@ once), on a channel that reached them before (SMS first when they prefer it: the
 never to an address that opted out. An SMS reply "1" to "5" (also full-width digits and 一 to 五) counts when
 the request is the newest SMS we sent to that number and it is at most `satisfaction_reply_days` old; any other
 reply is left to notifier.responses (which keeps it for the follow-up worklist). The first score counts.
+
+A typhoon resolves a hundred thousand bookings at once: they are asked in chunks, each read in a few IN-list
+queries (bookings, customers, their notifications, requests already made, opt-outs of their addresses), decided in
+memory, and written by one insert of requests and one of notices (for the new requests only), in one transaction.
 """
 
 from __future__ import annotations
@@ -20,30 +24,35 @@ import html
 import re
 import statistics
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from itsdangerous import BadSignature, Signer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import audit
 from .audience import normalise_phone
 from .config import Settings
-from .db import insert_ignore, transaction
+from .db import transaction
 from .fallback import contact
 from .followups import CLEARED_LOOKBACK, PAGE, affected_bookings, refresh
 from .messages import render
-from .models import (Booking, Customer, CustomerResponse, Disruption, FollowUp, Notification, Offer, OptOut,
+from .models import (Booking, Customer, CustomerResponse, Disruption, FollowUp, Notification, Offer,
                      SatisfactionRequest, utcnow)
+from .optouts import opted_out_addresses
+from .planning import NOTICE_COLUMNS, bulk_insert
 
 TEMPLATE = "satisfaction"
 OFFER_KINDS = ("cancelled", "delayed", "port_omitted")
 TOLD = ("sent", "delivered")
 FAILED = ("failed", "undelivered")
+CHUNK = 500  # settlements asked per transaction
+REQUEST_COLUMNS = ("customer_id", "booking_id", "disruption_id", "sailing_id", "channel")
 SCORES = (1, 2, 3, 4, 5)
 CHINESE_DIGITS = {"一": "1", "二": "2", "三": "3", "四": "4", "五": "5"}
 _SCORE = re.compile(r"([1-5])\s*(分|星|STARS?|/5|OUT OF 5)?")
@@ -234,63 +243,186 @@ def queue_requests(factory: sessionmaker[Session], settings: Settings, now: date
         refresh(session, settings, now)  # a follow-up not raised yet would make a disruption look resolved
     with factory() as session:
         resolved = resolved_disruptions(session, now)
+    # Disruption by disruption, each in booking order: when a customer has two bookings on a sailing, or a sailing
+    # two disruptions, the first one in this order is the one asked.
+    waiting = [row for _, rows in sorted(resolved.items()) for row in rows]
     queued = 0
-    for disruption_id, rows in sorted(resolved.items()):
+    for start in range(0, len(waiting), CHUNK):
+        # One transaction per chunk: a watcher killed half-way keeps what it asked, and a re-run skips it.
         with transaction(factory) as session:
-            stops = {tuple(row) for row in session.execute(select(OptOut.channel, OptOut.address))}
-            asked = [r for r in rows if _ask(session, settings, r, now, stops)]
-            if asked:
-                audit.record(session, "watcher", "satisfaction.requested", "disruption", disruption_id,
-                             requests=len(asked))
-            queued += len(asked)
+            queued += _ask_chunk(session, settings, waiting[start:start + CHUNK], now)
     return queued
 
 
-def _ask(session: Session, settings: Settings, settlement: Settlement, now: datetime,
-         stops: set[tuple[str, str]]) -> bool:
-    disruption = session.get(Disruption, settlement.disruption_id)
-    booking = session.get(Booking, settlement.booking_id)
-    customer = session.get(Customer, booking.customer_id)
-    if session.scalar(select(SatisfactionRequest.id).where(SatisfactionRequest.customer_id == customer.id,
-                                                           SatisfactionRequest.sailing_id == disruption.sailing_id)):
-        return False
-    channel = request_channel(session, customer, booking.id, stops)
-    if channel is None:
-        return False
-    inserted = session.execute(insert_ignore(SatisfactionRequest.__table__, session), [{
-        "customer_id": customer.id, "booking_id": booking.id, "disruption_id": disruption.id,
-        "sailing_id": disruption.sailing_id, "channel": channel, "requested_at": now}]).rowcount
-    if not inserted:
-        return False
-    rendered = render(channel, TEMPLATE, customer.language,
-                      request_context(session, settings, customer, booking, disruption.sailing_id))
-    key = f"{customer.id}:{disruption.sailing_id}:satisfaction"
-    session.execute(insert_ignore(Notification.__table__, session), [{
-        "dedup_key": key, "booking_id": booking.id, "customer_id": customer.id, "disruption_id": None,
-        "revision": 0, "broadcast_id": None, "channel": channel, "recipient": contact(customer, channel),
-        "language": rendered.language, "template": TEMPLATE, "purpose": "satisfaction",
-        "subject": rendered.subject, "body_text": rendered.body_text, "body_html": rendered.body_html,
-        "segments": rendered.segments, "safety_critical": False, "status": "queued",
-        # after every notice about a sailing still to come: the outbox sends lower numbers first
-        "priority": int((now + timedelta(days=30)).timestamp()), "attempts": 0, "created_at": utcnow()}])
-    notification_id = session.scalar(select(Notification.id).where(Notification.dedup_key == key))
-    asked = session.scalar(select(SatisfactionRequest).where(SatisfactionRequest.customer_id == customer.id,
-                                                             SatisfactionRequest.sailing_id == disruption.sailing_id))
-    asked.notification_id = notification_id
-    return True
+@dataclass
+class ChunkRows:
+    """What a chunk of settlements needs, read in a few IN-list queries instead of a few queries per booking."""
+
+    bookings: dict[int, Booking]
+    customers: dict[int, Customer]
+    sailing_of: dict[int, int]  # disruption -> its sailing
+    asked: set[tuple[int, int]]  # (customer, sailing) already asked
+    outcomes: dict[int, list[tuple[str, str]]]  # booking -> its notifications' (channel, status)
+    addresses: dict[tuple[int, str], str | None]  # (customer, channel) -> `contact` (parsing a number is slow)
+    stops: set[tuple[str, str]]  # the chunk's (channel, address) that opted out
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request decided for a chunk, before it is written."""
+
+    settlement: Settlement
+    customer: Customer
+    booking: Booking
+    sailing_id: int
+    channel: str
+    address: str
+
+
+def _ask_chunk(session: Session, settings: Settings, chunk: list[Settlement], now: datetime) -> int:
+    loaded = _load_chunk(session, chunk)
+    asks = _new_requests(session, _decide(loaded, chunk), now)
+    _queue_notices(session, settings, asks, now)
+    for disruption_id, count in sorted(Counter(a.settlement.disruption_id for a in asks).items()):
+        audit.record(session, "watcher", "satisfaction.requested", "disruption", disruption_id, requests=count)
+    return len(asks)
+
+
+def _pages(ids: list[Any]) -> list[list[Any]]:
+    # Bounded IN lists: SQLite's parameter limit, and PostgreSQL plans a short list better than a huge one.
+    return [ids[start:start + PAGE] for start in range(0, len(ids), PAGE)]
+
+
+def _load_chunk(session: Session, chunk: list[Settlement]) -> ChunkRows:
+    booking_ids = sorted({s.booking_id for s in chunk})
+    bookings = {b.id: b for page in _pages(booking_ids)
+                for b in session.scalars(select(Booking).where(Booking.id.in_(page)))}
+    customer_ids = sorted({b.customer_id for b in bookings.values()})
+    customers = {c.id: c for page in _pages(customer_ids)
+                 for c in session.scalars(select(Customer).where(Customer.id.in_(page)))}
+    sailing_of = dict(session.execute(select(Disruption.id, Disruption.sailing_id).where(
+        Disruption.id.in_(sorted({s.disruption_id for s in chunk})))).all())
+    outcomes: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for page in _pages(booking_ids):
+        # By booking alone: a filter on status would let SQLite walk the outbox's status index instead.
+        for booking_id, channel, status in session.execute(select(
+                Notification.booking_id, Notification.channel, Notification.status).where(
+                Notification.booking_id.in_(page))):
+            outcomes[booking_id].append((channel, status))
+    addresses = {(c.id, channel): contact(c, channel) for c in customers.values() for channel in c.channels or []}
+    return ChunkRows(bookings, customers, sailing_of, _asked_before(session, customer_ids, set(sailing_of.values())),
+                     dict(outcomes), addresses, _opted_out(session, addresses))
+
+
+def _asked_before(session: Session, customer_ids: list[int], sailing_ids: set[int]) -> set[tuple[int, int]]:
+    sailings = sorted(sailing_ids)
+    return {(customer_id, sailing_id) for page in _pages(customer_ids)
+            for customer_id, sailing_id in session.execute(
+                select(SatisfactionRequest.customer_id, SatisfactionRequest.sailing_id).where(
+                    SatisfactionRequest.customer_id.in_(page), SatisfactionRequest.sailing_id.in_(sailings)))}
+
+
+def _opted_out(session: Session, addresses: dict[tuple[int, str], str | None]) -> set[tuple[str, str]]:
+    """Which of the chunk's addresses opted out: on every channel a customer prefers, since a stopped one makes
+    `choose_channel` try the next."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for (_, channel), address in addresses.items():
+        if address is not None:
+            wanted[channel].add(address)
+    return {(channel, address) for channel, on_channel in sorted(wanted.items())
+            for page in _pages(sorted(on_channel)) for address in opted_out_addresses(session, channel, page)}
+
+
+def _decide(loaded: ChunkRows, chunk: list[Settlement]) -> list[Ask]:
+    """Who in the chunk is asked, and on which channel, as the one-by-one job decided: a customer already asked
+    about the sailing (before, or earlier in the chunk) is skipped, and one nothing reached leaves it open."""
+    asked = set(loaded.asked)
+    asks = []
+    for settlement in chunk:
+        booking = loaded.bookings[settlement.booking_id]
+        customer = loaded.customers[booking.customer_id]
+        sailing_id = loaded.sailing_of[settlement.disruption_id]
+        if (customer.id, sailing_id) in asked:
+            continue
+        channel = choose_channel(customer, loaded.outcomes.get(booking.id, []), loaded.stops,
+                                 lambda c, channel: loaded.addresses[(c.id, channel)])
+        if channel is not None:
+            asked.add((customer.id, sailing_id))
+            address = loaded.addresses[(customer.id, channel)]
+            asks.append(Ask(settlement, customer, booking, sailing_id, channel, address))
+    return asks
+
+
+def _new_requests(session: Session, asks: list[Ask], now: datetime) -> list[Ask]:
+    """Write the chunk's requests (a duplicate skipped) and return those that are new: only they get a notice."""
+    rows = [(a.customer.id, a.booking.id, a.settlement.disruption_id, a.sailing_id, a.channel) for a in asks]
+    bulk_insert(session, SatisfactionRequest.__table__, REQUEST_COLUMNS, rows, skip_duplicates=True,
+                constants={"requested_at": now})
+    # Read back by the unique key: a row of ours, with no notice yet (another run's committed request has one).
+    ours = set()
+    for page in _pages(sorted({a.customer.id for a in asks})):
+        ours.update(session.execute(select(SatisfactionRequest.customer_id, SatisfactionRequest.sailing_id,
+                                           SatisfactionRequest.booking_id, SatisfactionRequest.disruption_id)
+                                    .where(SatisfactionRequest.customer_id.in_(page),
+                                           SatisfactionRequest.notification_id.is_(None))).all())
+    return [a for a in asks
+            if (a.customer.id, a.sailing_id, a.booking.id, a.settlement.disruption_id) in ours]
+
+
+def _queue_notices(session: Session, settings: Settings, asks: list[Ask], now: datetime) -> None:
+    """One outbox row per new request, then each request pointed at its notice (an older one under the same key
+    when there is one)."""
+    # after every notice about a sailing still to come: the outbox sends lower numbers first
+    priority = int((now + timedelta(days=30)).timestamp())
+    bulk_insert(session, Notification.__table__, NOTICE_COLUMNS,
+                [_notice_row(session, settings, a, priority) for a in asks], skip_duplicates=True,
+                constants={"created_at": utcnow()})
+    keys = {request_key(a.customer.id, a.sailing_id): (a.customer.id, a.sailing_id) for a in asks}
+    notice_of = {keys[key]: notification_id for page in _pages(sorted(keys)) for key, notification_id in
+                 session.execute(select(Notification.dedup_key, Notification.id)
+                                 .where(Notification.dedup_key.in_(page)))}
+    table = SatisfactionRequest.__table__
+    links = [{"customer": customer, "sailing": sailing, "notice": notice}
+             for (customer, sailing), notice in notice_of.items()]
+    if links:
+        session.execute(table.update().where(table.c.customer_id == bindparam("customer"),
+                                             table.c.sailing_id == bindparam("sailing"))
+                        .values(notification_id=bindparam("notice")), links)
+
+
+def request_key(customer_id: int, sailing_id: int) -> str:
+    """The outbox key of a customer's one request about a sailing."""
+    return f"{customer_id}:{sailing_id}:satisfaction"
+
+
+def _notice_row(session: Session, settings: Settings, ask: Ask, priority: int) -> tuple:
+    """The outbox row of one request, in `NOTICE_COLUMNS` order."""
+    customer, booking = ask.customer, ask.booking
+    rendered = render(ask.channel, TEMPLATE, customer.language,
+                      request_context(session, settings, customer, booking, ask.sailing_id))
+    return (request_key(customer.id, ask.sailing_id), booking.id, customer.id, None, 0, None, ask.channel,
+            ask.address, rendered.language, TEMPLATE, "satisfaction", rendered.subject,
+            rendered.body_text, rendered.body_html, rendered.segments, False, "queued", priority, 0)
 
 
 def request_channel(session: Session, customer: Customer, booking_id: int, stops: set[tuple[str, str]]
                     ) -> str | None:
-    """A channel that reached this customer about the booking before: one that never failed for it first, then
-    their preferred one; None when nothing reached them or the address opted out."""
+    """The channel for one booking's request, or None (see `choose_channel`); reads its notifications itself."""
     outcomes = session.execute(select(Notification.channel, Notification.status)
                                .where(Notification.booking_id == booking_id)).all()
+    return choose_channel(customer, [tuple(row) for row in outcomes], stops)
+
+
+def choose_channel(customer: Customer, outcomes: list[tuple[str, str]], stops: set[tuple[str, str]],
+                   address_of: Callable[[Customer, str], str | None] = contact) -> str | None:
+    """A channel that reached this customer about the booking before, given its notifications' (channel, status):
+    one that never failed for it first, then their preferred one; None when nothing reached them or the address
+    opted out. `address_of` is `fallback.contact`, or a chunk's memo of it."""
     reached = {channel for channel, status in outcomes if status in TOLD}
     failed = {channel for channel, status in outcomes if status in FAILED}
     preferred = [c for c in customer.channels or [] if c in reached]
     for channel in sorted(preferred, key=lambda c: (c in failed, preferred.index(c))):
-        address = contact(customer, channel)
+        address = address_of(customer, channel)
         if address is not None and (channel, address) not in stops:
             return channel
     return None

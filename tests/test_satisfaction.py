@@ -13,13 +13,24 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
+from notifier import satisfaction
 from notifier.config import load_settings
-from notifier.db import make_engine, session_factory, transaction
+from notifier.db import insert_ignore, make_engine, session_factory, transaction
+from notifier.demo import bundled_feed, generate
+from notifier.fallback import contact
+from notifier.feeds import cap
 from notifier.followups import close, refresh, take
-from notifier.models import CustomerResponse, Disruption, FollowUp, Notification, Offer, SatisfactionRequest
-from notifier.pipeline import expire_disruptions
+from notifier.messages import render
+from notifier.models import (Booking, Customer, CustomerResponse, Disruption, FollowUp, Notification, Offer, OptOut,
+                             SatisfactionRequest, utcnow)
+from notifier.migrate import upgrade
+from notifier.paths import rules_dir
+from notifier.pipeline import expire_disruptions, ingest, plan_pending, process_new_items
+from notifier.planning import NOTICE_COLUMNS
 from notifier.responses import apply_no_answer_defaults, handle_sms_reply
-from notifier.satisfaction import loop_figures, make_token, queue_requests, read_score
+from notifier.rules import load_rules
+from notifier.satisfaction import (loop_figures, make_token, queue_requests, read_score, request_channel,
+                                   request_context, resolved_disruptions)
 from tests.conftest import DEMO_NOW
 from tests.test_closing_the_loop import (dispatch, role_phone, sms_from, typhoon, typhoon_template,  # noqa: F401
                                          web)
@@ -176,3 +187,154 @@ def test_nobody_is_asked_when_the_check_is_off_or_nothing_ever_reached_them(reso
 
     asked = dict(requests_for(factory, roles.values()))
     assert roles["unreachable"] not in asked and len(asked) == len(roles) - 1
+
+
+# --- the chunked job against the one-by-one job it replaced ----------------------------------------------------------
+
+def reference_queue_requests(factory, settings, now) -> int:
+    """The one-by-one job as it was before chunking (per booking: three gets, its notifications, two INSERTs),
+    kept here as the reference the chunked job must match row for row."""
+    with transaction(factory) as session:
+        refresh(session, settings, now)
+    with factory() as session:
+        resolved = resolved_disruptions(session, now)
+    queued = 0
+    for _, rows in sorted(resolved.items()):
+        with transaction(factory) as session:
+            stops = {tuple(row) for row in session.execute(select(OptOut.channel, OptOut.address))}
+            queued += sum(1 for r in rows if reference_ask(session, settings, r, now, stops))
+    return queued
+
+
+def reference_ask(session, settings, settlement, now, stops) -> bool:
+    disruption = session.get(Disruption, settlement.disruption_id)
+    booking = session.get(Booking, settlement.booking_id)
+    customer = session.get(Customer, booking.customer_id)
+    if session.scalar(select(SatisfactionRequest.id).where(SatisfactionRequest.customer_id == customer.id,
+                                                           SatisfactionRequest.sailing_id == disruption.sailing_id)):
+        return False
+    channel = request_channel(session, customer, booking.id, stops)
+    if channel is None:
+        return False
+    inserted = session.execute(insert_ignore(SatisfactionRequest.__table__, session), [{
+        "customer_id": customer.id, "booking_id": booking.id, "disruption_id": disruption.id,
+        "sailing_id": disruption.sailing_id, "channel": channel, "requested_at": now}]).rowcount
+    if not inserted:
+        return False
+    rendered = render(channel, "satisfaction", customer.language,
+                      request_context(session, settings, customer, booking, disruption.sailing_id))
+    key = f"{customer.id}:{disruption.sailing_id}:satisfaction"
+    session.execute(insert_ignore(Notification.__table__, session), [{
+        "dedup_key": key, "booking_id": booking.id, "customer_id": customer.id, "disruption_id": None,
+        "revision": 0, "broadcast_id": None, "channel": channel, "recipient": contact(customer, channel),
+        "language": rendered.language, "template": "satisfaction", "purpose": "satisfaction",
+        "subject": rendered.subject, "body_text": rendered.body_text, "body_html": rendered.body_html,
+        "segments": rendered.segments, "safety_critical": False, "status": "queued",
+        "priority": int((now + timedelta(days=30)).timestamp()), "attempts": 0, "created_at": utcnow()}])
+    asked = session.scalar(select(SatisfactionRequest).where(SatisfactionRequest.customer_id == customer.id,
+                                                             SatisfactionRequest.sailing_id == disruption.sailing_id))
+    asked.notification_id = session.scalar(select(Notification.id).where(Notification.dedup_key == key))
+    return True
+
+
+def asked_rows(factory) -> tuple[list[tuple], list[tuple]]:
+    """Every request (its notice named by key) and every satisfaction notice, all columns but ids and times."""
+    with factory() as session:
+        requests = session.execute(
+            select(SatisfactionRequest.customer_id, SatisfactionRequest.booking_id, SatisfactionRequest.disruption_id,
+                   SatisfactionRequest.sailing_id, SatisfactionRequest.channel, SatisfactionRequest.requested_at,
+                   Notification.dedup_key)
+            .outerjoin(Notification, Notification.id == SatisfactionRequest.notification_id)
+            .order_by(SatisfactionRequest.customer_id, SatisfactionRequest.sailing_id)).all()
+        notices = session.execute(select(*[getattr(Notification, name) for name in NOTICE_COLUMNS])
+                                  .where(Notification.purpose == "satisfaction")
+                                  .order_by(Notification.dedup_key)).all()
+    return [tuple(r) for r in requests], [tuple(n) for n in notices]
+
+
+def mix_the_cases(factory, settings, over) -> None:
+    """Every disruption resolved, plus what makes a request's channel or existence depend on the order: customers
+    with two settled bookings on a sailing (the first unreachable), opted-out numbers, undelivered SMS, and a
+    customer asked before."""
+    close_the_desk(factory, settings, over)
+    with factory() as session:
+        # By disruption: a booking's sailing is its current one, which a rebooking changed.
+        settled = {d: [s.booking_id for s in rows] for d, rows in resolved_disruptions(session, over).items()}
+    with transaction(factory) as session:
+        bookings = session.scalars(select(Booking).where(Booking.id.in_([b for ids in settled.values() for b in ids]))
+                                   .order_by(Booking.id)).all()
+        by_id = {b.id: b for b in bookings}
+        for index, ids in enumerate(ids for _, ids in sorted(settled.items()) if len(ids) > 1):
+            first, second = by_id[ids[0]], by_id[ids[1]]
+            second.customer_id = first.customer_id  # one customer, two bookings on the disrupted sailing
+            if index % 2 == 0:  # ... the first of which nothing reached: the second is the one asked
+                session.execute(update(Notification).where(Notification.booking_id == first.id)
+                                .values(status="undelivered"))
+        customers = session.scalars(select(Customer).where(Customer.id.in_([b.customer_id for b in bookings]))
+                                    .order_by(Customer.id)).all()
+        for customer in customers[::7]:
+            if contact(customer, "sms"):
+                session.add(OptOut(channel="sms", address=contact(customer, "sms"), source="test"))
+        session.execute(update(Notification).where(Notification.channel == "sms", Notification.booking_id % 5 == 0)
+                        .values(status="undelivered"))
+        disruption = session.get(Disruption, max(settled))
+        earlier = by_id[settled[disruption.id][-1]]
+        session.add(SatisfactionRequest(customer_id=earlier.customer_id, booking_id=earlier.id,
+                                        disruption_id=disruption.id, sailing_id=disruption.sailing_id,
+                                        channel="sms", requested_at=over))
+    close_the_desk(factory, settings, over)  # what the undelivered notices raised
+
+
+def close_the_desk(factory, settings, over) -> None:
+    with transaction(factory) as session:
+        refresh(session, settings, over)
+        for item in session.scalars(select(FollowUp).where(FollowUp.status == "open")).all():
+            close(session, item.id, "no-answer", "Nobody answered the phone", "bob", over + timedelta(minutes=1))
+
+
+@pytest.fixture
+def busy_typhoon(tmp_settings):
+    """The demo typhoon on 3,000 bookings, dispatched and resolved: (session factory, the moment it ended)."""
+    upgrade(tmp_settings.database_url)
+    engine = make_engine(tmp_settings.database_url)
+    factory = session_factory(engine)
+    generate(factory, 3000, DEMO_NOW)
+    ingest(factory, cap.parse(bundled_feed(DEMO_NOW)))
+    process_new_items(factory, load_rules([rules_dir()]), now=DEMO_NOW)
+    plan_pending(factory, tmp_settings, now=DEMO_NOW)
+    dispatch(factory, tmp_settings, DEMO_NOW + timedelta(minutes=2))
+    over = resolve(factory, tmp_settings)
+    yield factory, over
+    engine.dispose()
+
+
+def test_the_chunked_job_asks_exactly_whom_the_one_by_one_job_asked(busy_typhoon, tmp_settings, monkeypatch):
+    factory, over = busy_typhoon
+    mix_the_cases(factory, tmp_settings, over)
+    with factory.kw["bind"].connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    factory.kw["bind"].dispose()
+    database = Path(tmp_settings.database_url.removeprefix("sqlite:///"))
+    shutil.copyfile(database, database.with_name("reference.db"))
+    reference_engine = make_engine(f"sqlite:///{database.with_name('reference.db')}")
+    reference = session_factory(reference_engine)
+    at = over + timedelta(hours=1)
+    monkeypatch.setattr(satisfaction, "CHUNK", 40)  # several chunks, some spanning two disruptions
+    try:
+        expected = reference_queue_requests(reference, tmp_settings, at)
+        queued = queue_requests(factory, tmp_settings, at)
+        with factory() as session:
+            settled = sum(len(rows) for rows in resolved_disruptions(session, at).values())
+            disruptions = session.scalar(select(func.count(func.distinct(SatisfactionRequest.disruption_id))))
+            seconds = {r.booking_id for rows in resolved_disruptions(session, at).values() for r in rows[1:2]}
+            by_second_booking = len(seconds & set(session.scalars(select(SatisfactionRequest.booking_id))))
+            by_email = session.scalar(select(func.count()).where(SatisfactionRequest.channel == "email"))
+        assert settled > 200 and disruptions > 3 and expected > 100
+        assert by_second_booking > 0 and by_email > 0  # the first booking unreachable; SMS stopped or undelivered
+        assert queued == expected
+        assert asked_rows(factory) == asked_rows(reference)
+
+        assert queue_requests(factory, tmp_settings, at + timedelta(hours=1)) == 0  # nobody asked twice
+        assert asked_rows(factory) == asked_rows(reference)
+    finally:
+        reference_engine.dispose()
