@@ -74,6 +74,12 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def pages(values: list[Any], size: int) -> list[list[Any]]:
+    """`values` cut into lists of at most `size`: IN lists stay under every engine's parameter limit (and
+    PostgreSQL plans a short list better than a huge one)."""
+    return [values[start:start + size] for start in range(0, len(values), size)]
+
+
 def insert_ignore(table: Any, bind: Engine | Session):  # noqa: ANN201
     """An INSERT that skips rows violating a unique key (ON CONFLICT DO NOTHING on both engines)."""
     if is_postgres(bind):

@@ -13,6 +13,8 @@ then still get safety-critical notices, never anything else.
 from __future__ import annotations
 
 import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import delete, select
@@ -20,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from . import NotifierError, audit
 from .config import Settings
-from .db import insert_ignore
+from .db import insert_ignore, pages
 from .models import Customer, Notification, OptOut
 from .privacy import mask_contact
 
+OPT_OUT_PAGE = 500  # addresses per IN list
 UNSUBSCRIBE_SALT = "notifier.unsubscribe.notice"
 LEGACY_UNSUBSCRIBE_SALT = "notifier.unsubscribe"  # links that named the address itself (before 2026-12)
 
@@ -79,11 +82,18 @@ def lift_opt_out(session: Session, channel: str, address: str, actor: str = "inb
 
 
 def opted_out_addresses(session: Session, channel: str, addresses: list[str] | set[str]) -> set[str]:
-    """Which of these addresses opted out of this channel."""
-    if not addresses:
-        return set()
-    return set(session.scalars(select(OptOut.address).where(OptOut.channel == channel,
-                                                            OptOut.address.in_(list(addresses)))))
+    """Which of these addresses opted out of this channel (asked in pages, however many there are)."""
+    return {address for page in pages(sorted(addresses), OPT_OUT_PAGE) for address in session.scalars(
+        select(OptOut.address).where(OptOut.channel == channel, OptOut.address.in_(page)))}
+
+
+def opted_out_pairs(session: Session, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (channel, address) pairs opted out."""
+    by_channel: dict[str, set[str]] = defaultdict(set)
+    for channel, address in pairs:
+        by_channel[channel].add(address)
+    return {(channel, address) for channel, addresses in sorted(by_channel.items())
+            for address in opted_out_addresses(session, channel, addresses)}
 
 
 def may_send(opted_out: bool, safety_critical: bool, policy: str) -> bool:

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from . import entitlements
 from .audience import Unreachable
 from .contacts import contact_check, is_current, recipients_checked, store_checks
-from .db import transaction
+from .db import pages, transaction
 from .models import Booking, Customer, Notification, Offer, OptOut, SailingCapacity, utcnow
 from .offers import (COMPENSATION_KEY, REFUND_KEY, Candidate, held_places, lock_capacity, needs, rebooking_owed,
                      refund_amount, release, suits)
@@ -116,10 +116,6 @@ BOOKING_FIELDS = tuple(BookingRow.__dataclass_fields__)
 CUSTOMER_FIELDS = tuple(CustomerRow.__dataclass_fields__)
 
 
-def _pages(ids: list[int]) -> list[list[int]]:
-    return [ids[start:start + PAGE] for start in range(0, len(ids), PAGE)]
-
-
 def read_chunk(session: Session, booking_ids: list[int]) -> dict[int, tuple[BookingRow, CustomerRow]]:
     """The chunk's bookings with their customers, by booking id (read by the driver, values converted by the
     columns' own types, each distinct value once)."""
@@ -132,7 +128,7 @@ def read_chunk(session: Session, booking_ids: list[int]) -> dict[int, tuple[Book
     width = len(BOOKING_FIELDS)
     found: dict[int, tuple[BookingRow, CustomerRow]] = {}
     convert = None
-    for page in _pages(booking_ids):
+    for page in pages(booking_ids, PAGE):
         result = connection.exec_driver_sql(
             f"SELECT {selected} FROM bookings JOIN customers ON customers.id = bookings.customer_id "
             f"WHERE bookings.id IN ({', '.join([mark] * len(page))})", tuple(page))
@@ -186,7 +182,7 @@ def offers_made(session: Session, booking_ids: list[int]) -> dict[tuple[int, int
     made: dict[tuple[int, int, int], list[Any]] = {}
     ids = [offer_id for (offer_id,) in _rows_where_in(session, f"SELECT id FROM {Offer.__tablename__}",
                                                       "booking_id", booking_ids)]
-    for page in _pages(sorted(ids)):  # usually none: a first warning finds no offers yet
+    for page in pages(sorted(ids), PAGE):  # usually none: a first warning finds no offers yet
         for offer in session.execute(select(Offer.__table__).where(Offer.id.in_(page)).order_by(Offer.id)):
             made.setdefault((offer.booking_id, offer.disruption_id, offer.revision), []).append(offer)
     return made
@@ -198,7 +194,7 @@ def _rows_where_in(session: Session, query: str, column: str, values: list[Any])
     connection = session.connection()
     mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     rows: list[tuple] = []
-    for page in _pages(values):
+    for page in pages(values, PAGE):
         rows += connection.exec_driver_sql(f"{query} WHERE {column} IN ({', '.join([mark] * len(page))})",
                                            tuple(page)).fetchall()
     return rows
@@ -239,7 +235,7 @@ def _earlier_holds(session: Session, work: list[tuple[Any, list[BookingRow]]]) -
                if plan.facts.disruption.revision > 1}
     ids = [booking.id for plan, bookings in work if plan.facts.disruption.id in revised for booking in bookings]
     earlier: dict[tuple[int, int], list[Offer]] = {}
-    for page in _pages(ids):
+    for page in pages(ids, PAGE):
         for offer in session.scalars(select(Offer).where(
                 Offer.booking_id.in_(page), Offer.disruption_id.in_(list(revised)), Offer.status == "held")
                 .order_by(Offer.id)):
@@ -250,7 +246,7 @@ def _earlier_holds(session: Session, work: list[tuple[Any, list[BookingRow]]]) -
 
 def _free_places(session: Session, sailing_ids: set[int]) -> dict[tuple[int, str], int]:
     free = {}
-    for page in _pages(sorted(sailing_ids)):
+    for page in pages(sorted(sailing_ids), PAGE):
         free.update({(sailing_id, space): capacity - booked - held for sailing_id, space, capacity, booked, held in
                      session.execute(select(SailingCapacity.sailing_id, SailingCapacity.space_class,
                                             SailingCapacity.capacity, SailingCapacity.booked, SailingCapacity.held)

@@ -29,12 +29,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import audit
 from .config import Settings
-from .db import transaction
+from .db import pages, transaction
 from .fallback import contact
 from .messages import local_time, render
 from .models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, Port, Route, Sailing,
                      utcnow)
-from .optouts import opted_out_addresses
+from .optouts import opted_out_pairs
 from .planning import NOTICE_COLUMNS, bulk_insert
 
 TEMPLATE = "reminder"
@@ -123,7 +123,7 @@ def _queue_chunk(session: Session, settings: Settings, chunk: list[Due], now: da
     # The choice is made without opt-outs, which are then read once for the chunk's chosen addresses and applied
     # as `choose_address` would (an address that opted out gets no reminder, and no other channel is tried).
     reachable = [(due, *told) for due in chunk if (told := _address_of(loaded, due, now, settings)) is not None]
-    stops = _opted_out(session, [(channel, address) for _, channel, address in reachable])
+    stops = opted_out_pairs(session, [(channel, address) for _, channel, address in reachable])
     chosen = _not_yet_queued(session, [(due, channel, address) for due, channel, address in reachable
                                        if (channel, address) not in stops])
     facts: dict[int, Any] = {}
@@ -150,45 +150,38 @@ def _load_chunk(session: Session, chunk: list[Due]) -> ChunkRows:
     booking_ids = sorted({due.booking_id for due in chunk})
     disruption_ids = sorted({due.disruption_id for due in chunk})
     pairs = {(due.booking_id, due.disruption_id) for due in chunk}
-    bookings = {b.id: b for page in _pages(booking_ids) for b in session.scalars(
+    bookings = {b.id: b for page in pages(booking_ids, PAGE) for b in session.scalars(
         select(Booking).where(Booking.id.in_(page)))}
     customer_ids = sorted({b.customer_id for b in bookings.values()})
-    customers = {c.id: c for page in _pages(customer_ids) for c in session.scalars(
+    customers = {c.id: c for page in pages(customer_ids, PAGE) for c in session.scalars(
         select(Customer).where(Customer.id.in_(page)))}
     disruptions = {d.id: d for d in session.scalars(select(Disruption).where(Disruption.id.in_(disruption_ids)))}
     return ChunkRows(bookings, customers, disruptions, _notices_of(session, booking_ids, disruption_ids, pairs),
                      _current_offers(session, booking_ids, disruptions, pairs))
 
 
-def _pages(ids: list[int]) -> list[list[int]]:
-    # Bounded IN lists: SQLite's parameter limit, and PostgreSQL plans a short list better than a huge one.
-    return [ids[start:start + PAGE] for start in range(0, len(ids), PAGE)]
-
-
 def _notices_of(session: Session, booking_ids: list[int], disruption_ids: list[int],
                 pairs: set[tuple[int, int]]) -> dict[tuple[int, int], list[Any]]:
     """The notices `choose_address` reads, for each (booking, disruption) pair asked for."""
     notices: dict[tuple[int, int], list[Any]] = {}
-    for page in _pages(booking_ids):
-        for row in session.execute(_notice_query().where(Notification.booking_id.in_(page),
-                                                         Notification.disruption_id.in_(disruption_ids))):
+    for page in pages(booking_ids, PAGE):
+        for row in session.execute(select(Notification.booking_id, Notification.disruption_id, Notification.channel,
+                                          Notification.status, Notification.sent_at)
+                                   .where(Notification.booking_id.in_(page),
+                                          Notification.disruption_id.in_(disruption_ids),
+                                          Notification.purpose.in_(NOTICE_PURPOSES),
+                                          Notification.status != "cancelled")):
             # A booking of the chunk may have notices of another of the chunk's disruptions: not this pair's.
             if (row.booking_id, row.disruption_id) in pairs:
                 notices.setdefault((row.booking_id, row.disruption_id), []).append(row)
     return notices
 
 
-def _notice_query():  # noqa: ANN202
-    return select(Notification.booking_id, Notification.disruption_id, Notification.channel, Notification.status,
-                  Notification.sent_at).where(Notification.purpose.in_(NOTICE_PURPOSES),
-                                              Notification.status != "cancelled")
-
-
 def _current_offers(session: Session, booking_ids: list[int], disruptions: dict[int, Disruption],
                     pairs: set[tuple[int, int]]) -> dict[tuple[int, int], list[Offer]]:
     """Each pair's offers of its disruption's current revision, by option key (as the notice listed them)."""
     offers: dict[tuple[int, int], list[Offer]] = {}
-    for page in _pages(booking_ids):
+    for page in pages(booking_ids, PAGE):
         for offer in session.scalars(select(Offer).where(Offer.booking_id.in_(page),
                                                          Offer.disruption_id.in_(list(disruptions)))
                                      .order_by(Offer.booking_id, Offer.disruption_id, Offer.option_key)):
@@ -198,23 +191,12 @@ def _current_offers(session: Session, booking_ids: list[int], disruptions: dict[
     return offers
 
 
-def _opted_out(session: Session, addresses: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these (channel, address) opted out."""
-    stops: set[tuple[str, str]] = set()
-    for channel in sorted({channel for channel, _ in addresses}):
-        wanted = sorted({address for c, address in addresses if c == channel})
-        for start in range(0, len(wanted), PAGE):
-            stops.update((channel, address)
-                         for address in opted_out_addresses(session, channel, wanted[start:start + PAGE]))
-    return stops
-
-
 def _not_yet_queued(session: Session, chosen: list[tuple[Due, str, str]]) -> list[tuple[Due, str, str]]:
     # `due_reminders` read before this transaction: another run may have queued some since. Dropping them here
     # keeps the audit's disruptions to what this chunk really added (the insert would skip them anyway).
     keys = [reminder_key(due.booking_id, due.disruption_id) for due, _, _ in chosen]
-    queued = {key for start in range(0, len(keys), PAGE) for key in session.scalars(
-        select(Notification.dedup_key).where(Notification.dedup_key.in_(keys[start:start + PAGE])))}
+    queued = {key for page in pages(keys, PAGE) for key in session.scalars(
+        select(Notification.dedup_key).where(Notification.dedup_key.in_(page)))}
     return [told for told in chosen if reminder_key(told[0].booking_id, told[0].disruption_id) not in queued]
 
 
@@ -231,15 +213,6 @@ def _reminder_row(session: Session, settings: Settings, loaded: ChunkRows, due: 
             None, channel, address, rendered.language, TEMPLATE, "reminder", rendered.subject,
             rendered.body_text, rendered.body_html, rendered.segments, False, "queued",
             int(sailing_facts.sailing.scheduled_departure.timestamp()), 0)
-
-
-def reminder_channel(session: Session, customer: Customer, due: Due, now: datetime, settings: Settings,
-                     stops: set[tuple[str, str]]) -> str | None:
-    """The channel for one booking's reminder, or None (see `choose_address`); reads its notices itself."""
-    notices = session.execute(_notice_query().where(Notification.booking_id == due.booking_id,
-                                                    Notification.disruption_id == due.disruption_id)).all()
-    chosen = choose_address(customer, notices, now, settings, stops)
-    return chosen[0] if chosen else None
 
 
 def choose_address(customer: Customer, notices: list[Any], now: datetime, settings: Settings,
@@ -266,16 +239,6 @@ def choose_address(customer: Customer, notices: list[Any], now: datetime, settin
     if address is None or (channel, address) in stops:
         return None
     return channel, address
-
-
-def reminder_context(session: Session, settings: Settings, booking: Booking, customer: Customer,
-                     disruption: Disruption, deadline: datetime, facts: dict[int, Any]) -> dict[str, Any]:
-    """The notice's own template values (for this booking's current offers), plus what happens without an
-    answer (`no_answer`: "refund" or "first_sailing"); reads the booking's offers itself."""
-    offers = list(session.scalars(select(Offer).where(
-        Offer.booking_id == booking.id, Offer.disruption_id == disruption.id, Offer.revision == disruption.revision)
-        .order_by(Offer.option_key)))
-    return _context(settings, reminder_facts(session, disruption, facts), booking, customer, offers, deadline)
 
 
 def _context(settings: Settings, sailing_facts: Any, booking: Booking, customer: Customer, offers: list[Offer],

@@ -38,13 +38,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import audit
 from .audience import normalise_phone
 from .config import Settings
-from .db import transaction
+from .db import pages, transaction
 from .fallback import contact
 from .followups import CLEARED_LOOKBACK, PAGE, affected_bookings, refresh
 from .messages import render
 from .models import (Booking, Customer, CustomerResponse, Disruption, FollowUp, Notification, Offer,
                      SatisfactionRequest, utcnow)
-from .optouts import opted_out_addresses
+from .optouts import opted_out_pairs
 from .planning import NOTICE_COLUMNS, bulk_insert
 
 TEMPLATE = "satisfaction"
@@ -288,22 +288,17 @@ def _ask_chunk(session: Session, settings: Settings, chunk: list[Settlement], no
     return len(asks)
 
 
-def _pages(ids: list[Any]) -> list[list[Any]]:
-    # Bounded IN lists: SQLite's parameter limit, and PostgreSQL plans a short list better than a huge one.
-    return [ids[start:start + PAGE] for start in range(0, len(ids), PAGE)]
-
-
 def _load_chunk(session: Session, chunk: list[Settlement]) -> ChunkRows:
     booking_ids = sorted({s.booking_id for s in chunk})
-    bookings = {b.id: b for page in _pages(booking_ids)
+    bookings = {b.id: b for page in pages(booking_ids, PAGE)
                 for b in session.scalars(select(Booking).where(Booking.id.in_(page)))}
     customer_ids = sorted({b.customer_id for b in bookings.values()})
-    customers = {c.id: c for page in _pages(customer_ids)
+    customers = {c.id: c for page in pages(customer_ids, PAGE)
                  for c in session.scalars(select(Customer).where(Customer.id.in_(page)))}
     sailing_of = dict(session.execute(select(Disruption.id, Disruption.sailing_id).where(
         Disruption.id.in_(sorted({s.disruption_id for s in chunk})))).all())
     outcomes: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for page in _pages(booking_ids):
+    for page in pages(booking_ids, PAGE):
         # By booking alone: a filter on status would let SQLite walk the outbox's status index instead.
         for booking_id, channel, status in session.execute(select(
                 Notification.booking_id, Notification.channel, Notification.status).where(
@@ -311,26 +306,21 @@ def _load_chunk(session: Session, chunk: list[Settlement]) -> ChunkRows:
             outcomes[booking_id].append((channel, status))
     addresses = {(c.id, channel): contact(c, channel) for c in customers.values() for channel in c.channels or []}
     return ChunkRows(bookings, customers, sailing_of, _asked_before(session, customer_ids, set(sailing_of.values())),
-                     dict(outcomes), addresses, _opted_out(session, addresses))
+                     dict(outcomes), addresses, _opted_out_on_any_channel(session, addresses))
 
 
 def _asked_before(session: Session, customer_ids: list[int], sailing_ids: set[int]) -> set[tuple[int, int]]:
     sailings = sorted(sailing_ids)
-    return {(customer_id, sailing_id) for page in _pages(customer_ids)
+    return {(customer_id, sailing_id) for page in pages(customer_ids, PAGE)
             for customer_id, sailing_id in session.execute(
                 select(SatisfactionRequest.customer_id, SatisfactionRequest.sailing_id).where(
                     SatisfactionRequest.customer_id.in_(page), SatisfactionRequest.sailing_id.in_(sailings)))}
 
 
-def _opted_out(session: Session, addresses: dict[tuple[int, str], str | None]) -> set[tuple[str, str]]:
-    """Which of the chunk's addresses opted out: on every channel a customer prefers, since a stopped one makes
-    `choose_channel` try the next."""
-    wanted: dict[str, set[str]] = defaultdict(set)
-    for (_, channel), address in addresses.items():
-        if address is not None:
-            wanted[channel].add(address)
-    return {(channel, address) for channel, on_channel in sorted(wanted.items())
-            for page in _pages(sorted(on_channel)) for address in opted_out_addresses(session, channel, page)}
+def _opted_out_on_any_channel(session: Session, addresses: dict[tuple[int, str], str | None]
+                              ) -> set[tuple[str, str]]:
+    # Every channel a customer prefers, not only the one chosen: a stopped one makes `choose_channel` try the next.
+    return opted_out_pairs(session, {(channel, address) for (_, channel), address in addresses.items() if address})
 
 
 def _decide(loaded: ChunkRows, chunk: list[Settlement]) -> list[Ask]:
@@ -360,7 +350,7 @@ def _new_requests(session: Session, asks: list[Ask], now: datetime) -> list[Ask]
                 constants={"requested_at": now})
     # Read back by the unique key: a row of ours, with no notice yet (another run's committed request has one).
     ours = set()
-    for page in _pages(sorted({a.customer.id for a in asks})):
+    for page in pages(sorted({a.customer.id for a in asks}), PAGE):
         ours.update(session.execute(select(SatisfactionRequest.customer_id, SatisfactionRequest.sailing_id,
                                            SatisfactionRequest.booking_id, SatisfactionRequest.disruption_id)
                                     .where(SatisfactionRequest.customer_id.in_(page),
@@ -378,7 +368,7 @@ def _queue_notices(session: Session, settings: Settings, asks: list[Ask], now: d
                 [_notice_row(session, settings, a, priority) for a in asks], skip_duplicates=True,
                 constants={"created_at": utcnow()})
     keys = {request_key(a.customer.id, a.sailing_id): (a.customer.id, a.sailing_id) for a in asks}
-    notice_of = {keys[key]: notification_id for page in _pages(sorted(keys)) for key, notification_id in
+    notice_of = {keys[key]: notification_id for page in pages(sorted(keys), PAGE) for key, notification_id in
                  session.execute(select(Notification.dedup_key, Notification.id)
                                  .where(Notification.dedup_key.in_(page)))}
     table = SatisfactionRequest.__table__
@@ -403,14 +393,6 @@ def _notice_row(session: Session, settings: Settings, ask: Ask, priority: int) -
     return (request_key(customer.id, ask.sailing_id), booking.id, customer.id, None, 0, None, ask.channel,
             ask.address, rendered.language, TEMPLATE, "satisfaction", rendered.subject,
             rendered.body_text, rendered.body_html, rendered.segments, False, "queued", priority, 0)
-
-
-def request_channel(session: Session, customer: Customer, booking_id: int, stops: set[tuple[str, str]]
-                    ) -> str | None:
-    """The channel for one booking's request, or None (see `choose_channel`); reads its notifications itself."""
-    outcomes = session.execute(select(Notification.channel, Notification.status)
-                               .where(Notification.booking_id == booking_id)).all()
-    return choose_channel(customer, [tuple(row) for row in outcomes], stops)
 
 
 def choose_channel(customer: Customer, outcomes: list[tuple[str, str]], stops: set[tuple[str, str]],

@@ -15,23 +15,20 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
+from bench.baseline_reminders import old_queue_reminders
 from cli import main
-from notifier import audit, reminders as reminders_module
+from notifier import reminders as reminders_module
 from notifier.config import load_settings
 from notifier.console import reminder_lines
-from notifier.db import insert_ignore, make_engine, session_factory, transaction
+from notifier.db import make_engine, session_factory, transaction
 from notifier.demo import bundled_feed, generate
-from notifier.fallback import contact
 from notifier.feeds import cap
-from notifier.messages import render
 from notifier.migrate import upgrade
-from notifier.models import (AuditEntry, Booking, Broadcast, Customer, Disruption, Notification, Offer, OptOut,
-                             utcnow)
+from notifier.models import AuditEntry, Booking, Broadcast, Customer, Notification, Offer
 from notifier.optouts import record_opt_out
 from notifier.paths import rules_dir
 from notifier.pipeline import ingest, plan_pending, process_new_items
-from notifier.reminders import (TEMPLATE, due_reminders, planned_reminders, queue_reminders, reminder_channel,
-                                reminder_context, reminder_key)
+from notifier.reminders import due_reminders, planned_reminders, queue_reminders
 from notifier.rules import load_rules
 from notifier.responses import handle_sms_reply
 from notifier.watcher import Watcher
@@ -223,39 +220,9 @@ def many_due(tmp_path_factory):
 
 
 def queue_one_by_one(factory, settings, now) -> int:
-    """The reference: the watcher's job as it was, booking by booking, through the per-booking functions."""
-    with factory() as session:
-        due = due_reminders(session, settings, now)
-    queued = 0
-    for start in range(0, len(due), 200):
-        with transaction(factory) as session:
-            facts, stops = {}, {tuple(row) for row in session.execute(select(OptOut.channel, OptOut.address))}
-            added = [d for d in due[start:start + 200] if queue_reference(session, settings, d, now, facts, stops)]
-            if added:
-                audit.record(session, "watcher", "reminders.queued", None, None, count=len(added),
-                             disruptions=sorted({d.disruption_id for d in added}))
-            queued += len(added)
-    return queued
-
-
-def queue_reference(session, settings, due, now, facts, stops) -> bool:
-    booking = session.get(Booking, due.booking_id)
-    customer = session.get(Customer, booking.customer_id)
-    channel = reminder_channel(session, customer, due, now, settings, stops)
-    if channel is None:
-        return False
-    disruption = session.get(Disruption, due.disruption_id)
-    rendered = render(channel, TEMPLATE, customer.language,
-                      reminder_context(session, settings, booking, customer, disruption, due.deadline, facts))
-    row = {"dedup_key": reminder_key(booking.id, disruption.id), "booking_id": booking.id,
-           "customer_id": customer.id, "disruption_id": disruption.id, "revision": disruption.revision,
-           "broadcast_id": None, "channel": channel, "recipient": contact(customer, channel),
-           "language": rendered.language, "template": TEMPLATE, "purpose": "reminder", "subject": rendered.subject,
-           "body_text": rendered.body_text, "body_html": rendered.body_html, "segments": rendered.segments,
-           "safety_critical": False, "status": "queued",
-           "priority": int(facts[disruption.id].sailing.scheduled_departure.timestamp()), "attempts": 0,
-           "created_at": utcnow()}
-    return bool(session.execute(insert_ignore(Notification.__table__, session), [row]).rowcount)
+    """The reference: the watcher's job as it was before chunking, booking by booking (bench/baseline_reminders.py,
+    which the benchmark measures against too)."""
+    return old_queue_reminders(factory, settings, now)[0]
 
 
 def queued_on_a_copy(source: Path, name: str, queue, now) -> tuple[int, list[tuple], list[dict]]:

@@ -13,24 +13,23 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
+from bench.baseline_satisfaction import old_queue_requests
 from notifier import satisfaction
 from notifier.config import load_settings
-from notifier.db import insert_ignore, make_engine, session_factory, transaction
+from notifier.db import make_engine, session_factory, transaction
 from notifier.demo import bundled_feed, generate
 from notifier.fallback import contact
 from notifier.feeds import cap
 from notifier.followups import close, refresh, take
-from notifier.messages import render
 from notifier.models import (Booking, Customer, CustomerResponse, Disruption, FollowUp, Notification, Offer, OptOut,
-                             SatisfactionRequest, utcnow)
+                             SatisfactionRequest)
 from notifier.migrate import upgrade
 from notifier.paths import rules_dir
 from notifier.pipeline import expire_disruptions, ingest, plan_pending, process_new_items
 from notifier.planning import NOTICE_COLUMNS
 from notifier.responses import apply_no_answer_defaults, handle_sms_reply
 from notifier.rules import load_rules
-from notifier.satisfaction import (loop_figures, make_token, queue_requests, read_score, request_channel,
-                                   request_context, resolved_disruptions)
+from notifier.satisfaction import loop_figures, make_token, queue_requests, read_score, resolved_disruptions
 from tests.conftest import DEMO_NOW
 from tests.test_closing_the_loop import (dispatch, role_phone, sms_from, typhoon, typhoon_template,  # noqa: F401
                                          web)
@@ -192,49 +191,9 @@ def test_nobody_is_asked_when_the_check_is_off_or_nothing_ever_reached_them(reso
 # --- the chunked job against the one-by-one job it replaced ----------------------------------------------------------
 
 def reference_queue_requests(factory, settings, now) -> int:
-    """The one-by-one job as it was before chunking (per booking: three gets, its notifications, two INSERTs),
-    kept here as the reference the chunked job must match row for row."""
-    with transaction(factory) as session:
-        refresh(session, settings, now)
-    with factory() as session:
-        resolved = resolved_disruptions(session, now)
-    queued = 0
-    for _, rows in sorted(resolved.items()):
-        with transaction(factory) as session:
-            stops = {tuple(row) for row in session.execute(select(OptOut.channel, OptOut.address))}
-            queued += sum(1 for r in rows if reference_ask(session, settings, r, now, stops))
-    return queued
-
-
-def reference_ask(session, settings, settlement, now, stops) -> bool:
-    disruption = session.get(Disruption, settlement.disruption_id)
-    booking = session.get(Booking, settlement.booking_id)
-    customer = session.get(Customer, booking.customer_id)
-    if session.scalar(select(SatisfactionRequest.id).where(SatisfactionRequest.customer_id == customer.id,
-                                                           SatisfactionRequest.sailing_id == disruption.sailing_id)):
-        return False
-    channel = request_channel(session, customer, booking.id, stops)
-    if channel is None:
-        return False
-    inserted = session.execute(insert_ignore(SatisfactionRequest.__table__, session), [{
-        "customer_id": customer.id, "booking_id": booking.id, "disruption_id": disruption.id,
-        "sailing_id": disruption.sailing_id, "channel": channel, "requested_at": now}]).rowcount
-    if not inserted:
-        return False
-    rendered = render(channel, "satisfaction", customer.language,
-                      request_context(session, settings, customer, booking, disruption.sailing_id))
-    key = f"{customer.id}:{disruption.sailing_id}:satisfaction"
-    session.execute(insert_ignore(Notification.__table__, session), [{
-        "dedup_key": key, "booking_id": booking.id, "customer_id": customer.id, "disruption_id": None,
-        "revision": 0, "broadcast_id": None, "channel": channel, "recipient": contact(customer, channel),
-        "language": rendered.language, "template": "satisfaction", "purpose": "satisfaction",
-        "subject": rendered.subject, "body_text": rendered.body_text, "body_html": rendered.body_html,
-        "segments": rendered.segments, "safety_critical": False, "status": "queued",
-        "priority": int((now + timedelta(days=30)).timestamp()), "attempts": 0, "created_at": utcnow()}])
-    asked = session.scalar(select(SatisfactionRequest).where(SatisfactionRequest.customer_id == customer.id,
-                                                             SatisfactionRequest.sailing_id == disruption.sailing_id))
-    asked.notification_id = session.scalar(select(Notification.id).where(Notification.dedup_key == key))
-    return True
+    """The one-by-one job as it was before chunking (bench/baseline_satisfaction.py, which the benchmark measures
+    against too): the reference the chunked job must match row for row."""
+    return old_queue_requests(factory, settings, now)[0]
 
 
 def asked_rows(factory) -> tuple[list[tuple], list[tuple]]:
