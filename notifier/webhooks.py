@@ -208,7 +208,9 @@ def unsubscribe_page(token: str) -> Response:
     """Show the unsubscribe button (a GET changes nothing)."""
     settings = _settings()
     try:
-        read_unsubscribe_token(settings.secret_key, token)
+        named = read_unsubscribe_token(settings.secret_key, token)
+        with _factory()() as session:  # an expired link says so before the button, not after it
+            unsubscribing_address(session, named)
     except UnsubscribeLinkError as exc:
         return Response(_page(settings, html.escape(str(exc))), status=404, mimetype="text/html")
     form = (f'<form method="post"><button type="submit">Unsubscribe from {html.escape(settings.company_name)} '

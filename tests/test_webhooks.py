@@ -283,8 +283,10 @@ def test_an_unsubscribe_link_whose_email_was_purged_says_so_and_records_nothing(
     notification_id = emailed(factory)
     with transaction(factory) as session:
         session.delete(session.get(Notification, notification_id))
-    page = client.post(f"/unsubscribe/{unsubscribe_token(settings.secret_key, notification_id)}")
+    link = f"/unsubscribe/{unsubscribe_token(settings.secret_key, notification_id)}"
+    page = client.post(link)
     assert page.status_code == 404 and "expired" in page.text
+    assert client.get(link).status_code == 404 and "expired" in client.get(link).text  # no button to a dead end
     with factory() as session:
         assert session.scalar(select(OptOut)) is None
 
