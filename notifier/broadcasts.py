@@ -29,7 +29,7 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import NotifierError, UsageError, audit, links
-from .audience import AUDIENCE_KINDS, Unreachable
+from .audience import AUDIENCE_KINDS
 from .config import Settings
 from .db import insert_ignore, transaction
 from .disruptions import apply_impacts, clear, notice_extras, strength
@@ -38,7 +38,8 @@ from .models import (Booking, Broadcast, Customer, Disruption, Notification, Off
                      utcnow)
 from .offers import Candidate, candidates_for, planning_order, release
 from .paths import templates_dir
-from .planning import (ChunkWriter, FreePlaces, PreparedChunk, defer_checkpoint, plan_chunk, prepare_chunk,
+from .planning import (ChunkNotices, ChunkWriter, FreePlaces, PlanResult, PreparedChunk, WriterProcess,
+                       defer_checkpoint, mark_finished, note_skipped, plan_chunk, prepare_chunk, write_ahead,
                        write_chunk)
 from .rules import Impact
 from .shapes import ShapeBook
@@ -53,21 +54,6 @@ TYPHOON_WORDS = {"en": "the typhoon", "zh-CN": "台风"}
 # then chunks grow to MAX_CHUNK (see ChunkSizes).
 FIRST_CHUNK = 10
 MAX_CHUNK = 2000
-
-
-@dataclass
-class PlanResult:
-    """What planning did, for the CLI summary and the preview."""
-
-    broadcast_id: int
-    notifications: int = 0
-    bookings: int = 0
-    by_channel_language: Counter = field(default_factory=Counter)
-    unreachable: list[Unreachable] = field(default_factory=list)
-    skipped_existing: int = 0
-    segments: int = 0
-    # (other broadcast, disruption, revision) -> bookings whose notice that broadcast already planned
-    skipped_by: dict[tuple[int, int, int], set[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,7 +122,7 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
     sailings = SailingPlans(factory, broadcast_id, disruption_ids, settings)
     chunks = _chunks(sailings, planning_order(sailings.departures, settings.offer_priority), ChunkSizes(chunk))
     if _can_plan_ahead(factory, sailings):
-        chunks = _plan_ahead(factory, broadcast_id, chunks, settings, now, initial_status, result)
+        chunks = _plan_ahead(factory, broadcast_id, chunks, settings, now, initial_status, result, sailings)
     for parts in chunks:  # the ordinary way: one transaction reads, allocates, renders and writes each chunk
         with transaction(factory) as session:
             _plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
@@ -258,6 +244,13 @@ class SailingPlans:
         self.shared: dict[str, Any] = {}
         self.made: dict[int, SailingPlan | None] = {}
 
+    def booking_count(self) -> int:
+        """How many bookings the broadcast's sailings carry (confirmed, of its audience): one count query."""
+        with self.factory() as session:
+            return session.scalar(select(func.count()).select_from(Booking).where(
+                Booking.sailing_id.in_({sailing.id for _, sailing in self.rows.values()}),
+                Booking.status == "confirmed", Booking.kind.in_(self.kinds))) or 0
+
     def plan(self, disruption_id: int) -> SailingPlan | None:
         """The plan of one disrupted sailing (None when it is already planned and no longer active)."""
         if disruption_id not in self.made:
@@ -324,36 +317,62 @@ def _can_plan_ahead(factory: sessionmaker[Session], sailings: SailingPlans) -> b
         return False
     url = bind.url
     in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-    return not in_memory and _ahead_pays(url.get_backend_name()) and \
-        all(disruption.revision <= 1 for disruption, _ in sailings.rows.values())
+    return not in_memory and all(disruption.revision <= 1 for disruption, _ in sailings.rows.values()) and (
+        _ahead_pays(url.get_backend_name()) or _writer_process_pays(url.get_backend_name(), sailings))
 
 
 def _ahead_pays(backend: str) -> bool:
     # PostgreSQL writes in its own processes while we wait on the socket (GIL released): 43 s -> 34 s for the
     # 150,000 notices of bench_plan. SQLite writes inside this process, taking the GIL back row by row from the
-    # planning thread: a little slower than one transaction per chunk (26 s -> 28 s), so not there.
+    # planning thread: a little slower than one transaction per chunk (26 s -> 28 s), so not with a thread.
     return backend == "postgresql"
 
 
+# A writer process costs a second interpreter (~0.5 s to start, ~100 MB): worth it for a typhoon, not for the
+# few hundred bookings of an ordinary cancellation.
+WRITER_PROCESS_MIN_BOOKINGS = 20_000
+
+
+def _writer_process_pays(backend: str, sailings: SailingPlans) -> bool:
+    # SQLite: the writing (binding every row, B-trees, the WAL) in a second process, on the second core.
+    return backend == "sqlite" and sailings.booking_count() >= WRITER_PROCESS_MIN_BOOKINGS
+
+
 def _plan_ahead(factory: sessionmaker[Session], broadcast_id: int, chunks: Iterator[list[ChunkPart]],
-                settings: Settings, now: datetime, initial_status: str, result: PlanResult
-                ) -> Iterator[list[ChunkPart]]:
-    """Plan each chunk in memory while the one before is written (planning.ChunkWriter); yields the chunks left
-    to plan the ordinary way: none, unless another writer took places this plan counted on."""
+                settings: Settings, now: datetime, initial_status: str, result: PlanResult,
+                sailings: SailingPlans) -> Iterator[list[ChunkPart]]:
+    """Plan each chunk in memory while the one before is written (planning.ChunkWriter, a thread, on
+    PostgreSQL; planning.WriterProcess on SQLite); yields the chunks left to plan the ordinary way: none, unless
+    another writer took places this plan counted on or the writer process died."""
     free = FreePlaces()
+    bind = factory.kw["bind"]
+    if _ahead_pays(bind.url.get_backend_name()):
+        def write(session: Session, parts: list[ChunkPart], prepared: PreparedChunk) -> bool:
+            return _write_chunk(session, broadcast_id, parts, prepared, result)
 
-    def write(session: Session, parts: list[ChunkPart], prepared: PreparedChunk) -> bool:
-        return _write_chunk(session, broadcast_id, parts, prepared, result)
+        writer, send = ChunkWriter(factory, write), (lambda parts, prepared: (prepared,))
+    else:
+        writer = WriterProcess(bind.url.render_as_string(hide_password=False), write_ahead, result.add)
 
-    writer, leftover = ChunkWriter(factory, write), []
+        def send(parts: list[ChunkPart], prepared: PreparedChunk) -> tuple:
+            # Who could not be reached stays here (the writer has no use for it), added up once written.
+            notices = prepared.notices
+            prepared.notices = ChunkNotices(rows=notices.rows)
+            kept = PlanResult(broadcast_id, bookings=notices.bookings, unreachable=notices.unreachable)
+            return (broadcast_id, _finished(parts), prepared), kept
+    leftover = []
     try:
         for parts in chunks:
             if writer.stopped:
                 leftover = [parts]
                 break
+            if not writer.ready:  # the writer process is starting: this chunk the ordinary way, meanwhile
+                with transaction(factory) as session:
+                    _plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
+                continue
             with factory() as session:
                 prepared = prepare_chunk(session, parts, settings, now, initial_status, broadcast_id, free)
-            writer.put(parts, prepared)
+            writer.put(parts, *send(parts, prepared))
     except BaseException:
         writer.close(quietly=True)  # what was queued is written (each chunk whole); the error is this one
         raise
@@ -369,27 +388,17 @@ def _write_chunk(session: Session, broadcast_id: int, parts: list[ChunkPart], pr
     defer_checkpoint(session)
     if not write_chunk(session, broadcast_id, prepared, result):
         return False
-    _mark_planned(session, parts)
+    mark_finished(session, _finished(parts))
     return True
 
 
 def _mark_planned(session: Session, parts: list[ChunkPart]) -> None:
-    finished = {part.plan.facts.disruption.id: part.plan.facts.disruption.revision for part in parts if part.last}
-    for disruption_id, revision in finished.items():
-        session.execute(update(Disruption).where(Disruption.id == disruption_id).values(planned_revision=revision))
+    mark_finished(session, _finished(parts))
 
 
-def note_skipped(session: Session, broadcast_id: int, keys: list[str], result: PlanResult) -> None:
-    """Record which other broadcast already planned the notices (by dedup key) a chunk skipped: the preview says
-    who told them."""
-    for start in range(0, len(keys), 500):
-        rows = session.execute(select(Notification.broadcast_id, Notification.disruption_id, Notification.revision,
-                                      Notification.booking_id)
-                               .where(Notification.dedup_key.in_(keys[start:start + 500]),
-                                      or_(Notification.broadcast_id.is_(None),
-                                          Notification.broadcast_id != broadcast_id)))
-        for other, disruption_id, revision, booking_id in rows:
-            result.skipped_by.setdefault((other or 0, disruption_id or 0, revision), set()).add(booking_id)
+def _finished(parts: list[ChunkPart]) -> dict[int, int]:
+    # The sailings (disruption -> revision) whose last bookings are in this chunk.
+    return {part.plan.facts.disruption.id: part.plan.facts.disruption.revision for part in parts if part.last}
 
 
 def _preview_facts(previous: dict[str, Any] | None, result: PlanResult) -> dict[str, Any]:

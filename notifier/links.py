@@ -6,7 +6,6 @@ HMAC-SHA256 signature is truncated to 96 bits: plenty against forgery for a link
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ class _TruncatedHMAC(SigningAlgorithm):
     """HMAC-SHA256 cut to 12 bytes (16 URL-safe characters)."""
 
     def get_signature(self, key: bytes, value: bytes) -> bytes:
-        return hmac.new(key, value, hashlib.sha256).digest()[:12]
+        # hmac.digest: the same bytes as hmac.new(...).digest(), in one C call (planning signs 100,000 links).
+        return hmac.digest(key, value, "sha256")[:12]
 
 
 @dataclass(frozen=True)

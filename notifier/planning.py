@@ -16,32 +16,44 @@ handful of statements:
   notice planned before, by this or another broadcast, is skipped and counted);
 - the stored contact checks of customers whose phone or email changed (notifier.contacts).
 
-Messages come from `shapes.ShapeBook`: one render per notice shape, the per-person values put in per booking.
+Messages come from `shapes.ShapeBook`: one render per notice shape, the per-person values put in per booking
+(`fill_rows`, where the chunk is written).
+
+A chunk may be planned ahead of its writes (`prepare_chunk`, then `write_chunk`): on PostgreSQL a thread writes
+the chunk before while the next is planned (`ChunkWriter`); on SQLite, for a broadcast large enough to pay for it,
+a second process does (`WriterProcess`, `writer_main`), so that planning and SQLite's writing use both cores.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import queue
+import socket
+import subprocess
+import sys
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from multiprocessing.connection import Connection
 from operator import attrgetter, itemgetter
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, event, select
+from sqlalchemy import Table, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import entitlements
 from .audience import Unreachable
 from .contacts import contact_check, is_current, recipients_checked, store_checks
 from .db import pages, transaction
-from .models import Booking, Customer, Notification, Offer, OptOut, SailingCapacity, utcnow
+from .models import Booking, Customer, Disruption, Notification, Offer, OptOut, SailingCapacity, utcnow
 from .offers import (COMPENSATION_KEY, REFUND_KEY, Candidate, held_places, lock_capacity, needs, rebooking_owed,
                      refund_amount, release, suits)
-from .shapes import AttributeMemo
+from .shapes import AttributeMemo, Unfilled
 
 ALLOCATION_ATTEMPTS = 3
 PAGE = 5000  # ids per IN list: one statement for a whole chunk, well under every engine's parameter limit
@@ -127,52 +139,76 @@ def read_chunk(session: Session, booking_ids: list[int]) -> dict[int, tuple[Book
     selected = ", ".join(f"{column.table.name}.{column.name}" for column in columns)
     width = len(BOOKING_FIELDS)
     found: dict[int, tuple[BookingRow, CustomerRow]] = {}
-    convert = None
+    processors = None
     for page in pages(booking_ids, PAGE):
         result = connection.exec_driver_sql(
             f"SELECT {selected} FROM bookings JOIN customers ON customers.id = bookings.customer_id "
             f"WHERE bookings.id IN ({', '.join([mark] * len(page))})", tuple(page))
-        if convert is None:
-            convert = _Converter([column.type.dialect_impl(dialect).result_processor(dialect, described[1])
-                                  for column, described in zip(columns, result.cursor.description, strict=True)])
-        for row in result.fetchall():
-            values = convert(row)
-            found[values[0]] = (BookingRow(*values[:width]), CustomerRow(*values[width:]))
+        if processors is None:
+            processors = [(index, processor) for index, (column, described) in
+                          enumerate(zip(columns, result.cursor.description, strict=True))
+                          if (processor := column.type.dialect_impl(dialect).result_processor(
+                              dialect, described[1])) is not None]
+        rows = result.fetchall()
+        if rows:
+            for values in _converted_result(rows, processors):
+                found[values[0]] = (BookingRow(*values[:width]), CustomerRow(*values[width:]))
     return found
 
 
-class _Converter:
-    """Applies result processors to raw rows, remembering each column's conversions while they repeat (fares,
-    flags, channel lists); a column whose values do not repeat (a contact check) stops being remembered."""
-
-    REMEMBER = 5000
-
-    def __init__(self, processors: list[Any]) -> None:
-        self.processors = [(index, processor, {}) for index, processor in enumerate(processors)
-                           if processor is not None]
-
-    def __call__(self, row: Any) -> list[Any]:
-        values = list(row)
-        for index, processor, known in self.processors:
-            raw = values[index]
-            if raw is None:
-                continue
-            converted = known.get(raw, _MISSING)
-            if converted is _MISSING:
-                converted = processor(raw)
-                if len(known) < self.REMEMBER:
-                    known[raw] = converted
-            elif isinstance(converted, list | dict):
-                converted = _copy(converted)  # each row gets its own list or document
-            values[index] = converted
-        return values
-
-
-_MISSING = object()
+def _converted_result(rows: list[Any], processors: list[tuple[int, Any]]) -> list[tuple]:
+    # Column by column, as _converted does for writes: a column's distinct values converted once (fares, flags,
+    # channel lists repeat), a column of unique values (contact checks) value by value; lists and documents are
+    # copied so that no two rows share one.
+    columns: list[Any] = list(zip(*rows, strict=True))
+    for index, processor in processors:
+        column = columns[index]
+        try:
+            distinct = set(column)
+        except TypeError:  # the driver gave documents already (unhashable): value by value
+            distinct = set(range(len(column)))
+        if 2 * len(distinct) > len(column):
+            converted = [None if value is None else processor(value) for value in column]
+        else:
+            known = {value: None if value is None else processor(value) for value in distinct}
+            converted = list(map(known.__getitem__, column))
+            if any(isinstance(value, list | dict) for value in known.values()):
+                converted = [_copy(value) if isinstance(value, list | dict) else value for value in converted]
+        columns[index] = converted
+    return list(zip(*columns, strict=True))
 
 
 def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, list) else dict(value)
+
+
+@dataclass
+class PlanResult:
+    """What planning did, for the CLI summary and the preview."""
+
+    broadcast_id: int
+    notifications: int = 0
+    bookings: int = 0
+    by_channel_language: Counter = field(default_factory=Counter)
+    unreachable: list[Unreachable] = field(default_factory=list)
+    skipped_existing: int = 0
+    segments: int = 0
+    # (other broadcast, disruption, revision) -> bookings whose notice that broadcast already planned
+    skipped_by: dict[tuple[int, int, int], set[int]] = field(default_factory=dict)
+
+    def add(self, done: PlanResult, kept: PlanResult | None = None) -> None:
+        """Add what one chunk did (written in the writer process; `kept`: what stayed here) to this broadcast's
+        result."""
+        if kept is not None:
+            self.add(kept)
+        self.notifications += done.notifications
+        self.bookings += done.bookings
+        self.by_channel_language.update(done.by_channel_language)
+        self.unreachable.extend(done.unreachable)
+        self.skipped_existing += done.skipped_existing
+        self.segments += done.segments
+        for key, bookings in done.skipped_by.items():
+            self.skipped_by.setdefault(key, set()).update(bookings)
 
 
 # --- offers --------------------------------------------------------------------------------------------------------
@@ -222,7 +258,7 @@ def allocate_offers(session: Session, work: list[tuple[Any, list[BookingRow]]], 
             for plan, bookings in work:
                 _allocate(session, plan, bookings, free, taken, released, settings, now, planned)
             if _hold_all(session, taken):
-                _insert_offers(session, [offer for offers in planned.values() for offer in offers])
+                _insert_offers(session, offer_rows([offer for offers in planned.values() for offer in offers]))
                 return planned
             savepoint.rollback()  # another writer took places after we read them: read again, allocate again
     raise RuntimeError(f"could not hold places after {ALLOCATION_ATTEMPTS} attempts: the alternatives' "
@@ -383,10 +419,15 @@ def _hold_all(session: Session, taken: Counter) -> bool:
     return session.connection().exec_driver_sql(sql, rows).rowcount == len(rows)
 
 
-def _insert_offers(session: Session, offers: list[PlannedOffer]) -> None:
-    if offers:
-        bulk_insert(session, Offer.__table__, OFFER_COLUMNS, list(map(_OFFER_ROW, offers)),
-                    constants={"created_at": utcnow()})
+def _insert_offers(session: Session, rows: list[tuple]) -> None:
+    # `rows`: offers as tuples in OFFER_COLUMNS order (offer_rows): plain values cross to a writer process cheaply.
+    if rows:
+        bulk_insert(session, Offer.__table__, OFFER_COLUMNS, rows, constants={"created_at": utcnow()})
+
+
+def offer_rows(offers: list[PlannedOffer]) -> list[tuple]:
+    """Planned offers as rows in OFFER_COLUMNS order."""
+    return list(map(_OFFER_ROW, offers))
 
 
 # --- recipients and notices ----------------------------------------------------------------------------------------
@@ -434,7 +475,7 @@ class PreparedChunk:
     """A chunk planned in memory (places to hold, offers, contact checks, notices): `write_chunk` writes it."""
 
     taken: Counter
-    offers: list[PlannedOffer]
+    offers: list[tuple]  # rows in OFFER_COLUMNS order
     checks: dict[int, dict[str, Any]]
     notices: ChunkNotices
 
@@ -472,7 +513,7 @@ def prepare_chunk(session: Session, parts: list[Any], settings: Any, now: dateti
         for plan, bookings in work:
             _allocate(session, plan, bookings, places, taken, {}, settings, now, planned)
     notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status)
-    return PreparedChunk(taken, [offer for offers in planned.values() for offer in offers], fresh, notices)
+    return PreparedChunk(taken, offer_rows([offer for offers in planned.values() for offer in offers]), fresh, notices)
 
 
 def write_chunk(session: Session, broadcast_id: int, prepared: PreparedChunk, result: Any) -> bool:
@@ -495,6 +536,7 @@ class ChunkWriter:
 
     def __init__(self, factory: Any, write: Any) -> None:
         self.factory, self.write = factory, write
+        self.ready = True  # a thread is there at once
         self.waiting: queue.Queue = queue.Queue(maxsize=1)
         self.unwritten: list[list[Any]] = []
         self.failure: BaseException | None = None
@@ -541,6 +583,202 @@ class ChunkWriter:
 
 class _PlacesTaken(Exception):
     """Rolls a chunk's transaction back: another writer took places it counted on."""
+
+
+class WriterProcess:
+    """Writes prepared chunks in a process of its own (SQLite), each in one transaction, while this process plans
+    the next: sqlite3 holds the GIL while it binds every row, so a writer thread slows the planner down as much as
+    it helps, but a second process plans and writes on two cores at once. The same contract as ChunkWriter
+    (`ready`, `stopped`, `put`, `close`), plus:
+    - until the process has started (its imports take a moment) `ready` is False, and the caller plans the first
+      small chunks the ordinary way: the first notices are never held back;
+    - `write(session, item)` runs in the writer process (a module-level function: it is sent by name) and returns
+      what the chunk did, handed to `merge` here at `close` (with what `put` kept here), or None when its places were taken meanwhile; from
+      then on the writer writes nothing more (`close` hands those chunks back, in order);
+    - chunks stream: the writer receives the next while it writes one (the socket and one waiting chunk bound
+      the memory), and a thread of ours collects the outcomes, so neither side waits on the other's hand-over;
+    - a writer process that dies takes nothing with it: the chunk it was writing (committed whole or not at all)
+      and the rest come back from `close`, to be planned again the ordinary way, which skips what was committed."""
+
+    def __init__(self, url: str, write: Any, merge: Any) -> None:
+        # A fresh interpreter running only the writer (not multiprocessing's spawn, which would import the
+        # caller's main module again: a script without a __main__ guard would run twice). It finds this very
+        # package first, and learns the database from the socket, not from its command line (`ps` shows that).
+        ours, theirs = socket.socketpair()
+        package_home = str(Path(__file__).resolve().parents[1])
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [package_home, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from notifier.planning import writer_main; writer_main()", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=environment, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.connection = Connection(ours.detach())
+        self.connection.send((url, write))
+        self.merge = merge
+        self.started = self.gone = False
+        self.sent: deque[tuple[list[Any], Any]] = deque()  # chunks sent, outcome not yet known, in order
+        self.done: list[Any] = []
+        self.unwritten: list[list[Any]] = []  # taken or skipped by the writer, in order
+        self.unsent: list[list[Any]] = []
+        self.failure: BaseException | None = None
+        self.outcomes = threading.Thread(target=self._collect, name="notifier-writer-outcomes", daemon=True)
+
+    @property
+    def ready(self) -> bool:
+        """True once the writer process is up (never blocks); False for good if it died before that."""
+        return self._answered_ready(0)
+
+    def wait_until_ready(self, timeout: float = 60) -> bool:
+        """Wait for the writer process to be up (True) or gone (False)."""
+        return self._answered_ready(timeout)
+
+    def _answered_ready(self, timeout: float) -> bool:
+        if not self.started and not self.gone and self.connection.poll(timeout):
+            try:
+                outcome, _ = self.connection.recv()
+            except (EOFError, OSError):
+                outcome = "gone"
+            self.started, self.gone = outcome == "ready", outcome != "ready"
+            if self.started:
+                self.outcomes.start()
+        return self.started and not self.gone
+
+    @property
+    def stopped(self) -> bool:
+        """True once a chunk could not be written: the rest are planned again by the caller."""
+        return bool(self.unwritten or self.unsent) or self.failure is not None or self.gone
+
+    def put(self, parts: list[Any], item: Any, kept: Any = None) -> None:
+        """Send a prepared chunk (waits only while the writer is a chunk behind); `kept`: what of it stays here,
+        handed to `merge` with what the writer did once it is written. A write that failed is raised here, so the
+        planner stops at once."""
+        if self.failure is not None:
+            raise self.failure
+        if self.stopped:
+            self.unsent.append(parts)
+            return
+        self.sent.append((parts, kept))  # before sending: its outcome may come back at once
+        try:
+            self.connection.send(item)
+        except OSError:  # the writer is gone: this chunk (and what it had not answered) is planned again
+            self.sent.pop()
+            self.unsent.append(parts)
+
+    def close(self, quietly: bool = False) -> list[list[Any]]:
+        """Wait for the chunks sent to be written and stop the process; the chunks not written, in order (a
+        failed write is raised instead, unless `quietly`: the caller is already raising)."""
+        try:
+            self.connection.send(None)
+        except OSError:
+            pass  # gone already
+        if self.outcomes.is_alive():
+            self.outcomes.join()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.connection.close()
+        for done, kept in self.done:
+            self.merge(done, kept)
+        if self.failure is not None and not quietly:
+            raise self.failure
+        return [*self.unwritten, *(parts for parts, _ in self.sent), *self.unsent]
+
+    def _collect(self) -> None:
+        # The outcomes thread: one answer per chunk sent, in order, until the writer process ends.
+        while True:
+            try:
+                outcome, value = self.connection.recv()
+            except (EOFError, OSError):
+                self.gone = True  # what is still in `sent` was not written (or not known to be: planned again)
+                return
+            parts, kept = self.sent.popleft()
+            if outcome == "written":
+                self.done.append((value, kept))
+            elif outcome == "failed":
+                self.failure = value
+            else:  # taken, or skipped after a chunk that could not be written
+                self.unwritten.append(parts)
+
+
+def write_ahead(session: Session, item: tuple[int, dict[int, int], PreparedChunk]) -> PlanResult | None:
+    """In the writer process: one chunk planned ahead, written, with the planned revision of the sailings it
+    finishes; what it did (None, with nothing written: its places were taken meanwhile)."""
+    broadcast_id, finished, prepared = item
+    done = PlanResult(broadcast_id)
+    defer_checkpoint(session)
+    if not write_chunk(session, broadcast_id, prepared, done):
+        return None
+    mark_finished(session, finished)
+    return done
+
+
+def mark_finished(session: Session, finished: dict[int, int]) -> None:
+    """Record the planned revision of the sailings (disruption -> revision) a chunk finished."""
+    for disruption_id, revision in finished.items():
+        session.execute(update(Disruption).where(Disruption.id == disruption_id).values(planned_revision=revision))
+
+
+def writer_main() -> None:
+    """The writer process (WriterProcess): one transaction per chunk, in order, until told to stop or the planner
+    is gone; after a chunk that could not be written, the rest are skipped (the planner plans them again)."""
+    from .db import make_engine, session_factory
+
+    connection = Connection(int(sys.argv[1]))
+    try:
+        url, write = connection.recv()
+    except (EOFError, OSError):
+        return
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    chunks: queue.Queue = queue.Queue(maxsize=1)  # received while the one before is written
+    receiver = threading.Thread(target=_receive, args=(connection, chunks), daemon=True)
+    try:
+        connection.send(("ready", None))
+        receiver.start()
+        stopped = False
+        while (item := chunks.get()) is not None:
+            if stopped:
+                connection.send(("skipped", None))
+                continue
+            try:
+                with transaction(factory) as session:
+                    done = write(session, item)
+                    if done is None:
+                        raise _PlacesTaken
+                connection.send(("written", done))
+            except _PlacesTaken:
+                stopped = True
+                connection.send(("taken", None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the planner, which raises it
+                stopped = True
+                connection.send(("failed", _portable(exc)))
+    except OSError:
+        return  # the planner is gone: what it sent is written whole or not at all
+    finally:
+        engine.dispose()
+
+
+def _receive(connection: Connection, chunks: queue.Queue) -> None:
+    # The writer's receiving thread: the next chunk arrives (and is unpickled) while one is written.
+    while True:
+        try:
+            item = connection.recv()
+        except (EOFError, OSError):
+            item = None  # the planner is gone
+        chunks.put(item)
+        if item is None:
+            return
+
+
+def _portable(exc: BaseException) -> BaseException:
+    # What crosses back to the planner must survive pickling; a database error's driver objects may not.
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"the planning writer process failed: {type(exc).__name__}: {exc}")
+    return exc
 
 
 def _chunk_work(session: Session, parts: list[Any]) -> tuple[dict, dict, list[tuple[Any, list[BookingRow]]]]:
@@ -597,23 +835,25 @@ def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], m
         if not recipients:
             continue
         deadline = next((o.deadline for o in offers if o.deadline), None)
-        for recipient, rendered in zip(recipients, book.notices(booking, customer, offers, deadline, recipients),
-                                       strict=True):
+        for recipient, notice in zip(recipients, book.unfilled_notices(booking, customer, offers, deadline,
+                                                                       recipients), strict=True):
             key = dedup_key(booking_id, recipient.address, recipient.channel, disruption_id, revision) + suffix
+            if type(notice) is Unfilled:  # its text is put in where it is written (fill_rows)
+                rows.append((key, booking_id, customer.id, disruption_id, revision, broadcast_id, recipient.channel,
+                             recipient.address, notice.language, template, "notice", (notice.shape, notice.values),
+                             None, None, 0, True, initial_status, priority, 0))
+                continue
             rows.append((key, booking_id, customer.id, disruption_id, revision, broadcast_id, recipient.channel,
-                         recipient.address, rendered.language, template, "notice", rendered.subject,
-                         rendered.body_text, rendered.body_html, rendered.segments, True, initial_status, priority,
-                         0))
+                         recipient.address, notice.language, template, "notice", notice.subject,
+                         notice.body_text, notice.body_html, notice.segments, True, initial_status, priority, 0))
 
 
 def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, result: Any) -> None:
-    from .broadcasts import note_skipped
-
     result.unreachable.extend(notices.unreachable)
     result.bookings += notices.bookings
     if not notices.rows:
         return
-    rows = notices.rows
+    rows = fill_rows(notices.rows)
     result.by_channel_language.update(zip(map(itemgetter(6), rows), map(itemgetter(8), rows)))
     result.segments += sum(map(itemgetter(14), rows))
     inserted = max(bulk_insert(session, Notification.__table__, NOTICE_COLUMNS, rows, skip_duplicates=True,
@@ -624,13 +864,44 @@ def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, 
         note_skipped(session, broadcast_id, [row[0] for row in rows], result)
 
 
+def note_skipped(session: Session, broadcast_id: int, keys: list[str], result: PlanResult) -> None:
+    """Record which other broadcast already planned the notices (by dedup key) a chunk skipped: the preview says
+    who told them."""
+    for start in range(0, len(keys), 500):
+        rows = session.execute(select(Notification.broadcast_id, Notification.disruption_id, Notification.revision,
+                                      Notification.booking_id)
+                               .where(Notification.dedup_key.in_(keys[start:start + 500]),
+                                      or_(Notification.broadcast_id.is_(None),
+                                          Notification.broadcast_id != broadcast_id)))
+        for other, disruption_id, revision, booking_id in rows:
+            result.skipped_by.setdefault((other or 0, disruption_id or 0, revision), set()).add(booking_id)
+
+
+# A shaped notice waits in its row's subject column, as (shape, values), for its text: a plain tuple, the
+# cheapest thing to send to the writer process.
+SUBJECT = NOTICE_COLUMNS.index("subject")
+
+
+def fill_rows(rows: list[tuple]) -> list[tuple]:
+    """Outbox rows with every shaped notice's subject, bodies and segments put in."""
+    known: dict[str, tuple[bool, int, int]] = {}
+    filled = []
+    for row in rows:
+        notice = row[SUBJECT]
+        if type(notice) is tuple:
+            shape, values = notice
+            row = (*row[:SUBJECT], *shape.columns(values, known), *row[SUBJECT + 4:])
+        filled.append(row)
+    return filled
+
+
 # --- bulk writes ---------------------------------------------------------------------------------------------------
 
-# SQLite, while planning: a 64 MB page cache (a chunk touches the outbox's indexes all over), and no WAL checkpoint
-# at the chunk's commit: checkpointing while 100,000 notices are written copies every page twice and halves the
-# speed. The next ordinary commit (dispatcher, watcher, CLI) checkpoints as usual; so does the connection itself
+# SQLite, while planning: an 8 MB page cache (64 MB was no faster for the 150,000 notices of bench_plan, and the
+# pages stay in the writer's memory), and no WAL checkpoint at the chunk's commit: checkpointing while 100,000
+# notices are written copies every page twice and halves the speed. The next ordinary commit (dispatcher, watcher, CLI) checkpoints as usual; so does the connection itself
 # once it is back in the pool, where its own settings are restored.
-PLANNING_PRAGMAS = {"cache_size": -65536, "wal_autocheckpoint": 0}
+PLANNING_PRAGMAS = {"cache_size": -8192, "wal_autocheckpoint": 0}
 
 
 def defer_checkpoint(session: Session) -> None:

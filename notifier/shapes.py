@@ -29,7 +29,7 @@ from datetime import datetime
 from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import nodes
 from markupsafe import escape
@@ -209,14 +209,41 @@ class NoticeShape:
 
     def fill(self, values: dict[str, str], known: dict[str, tuple[bool, int, int]] | None = None) -> Rendered:
         """The notice for one person (`known`: units of values seen before, such as a refund amount)."""
+        subject, body, html, segments = self.columns(values, known)
+        if self.channel == "sms":
+            units = {letter: _units(values[letter], known) for letter in self.body.letters}
+            return Rendered("sms", self.language, body, segments=segments,
+                            encoding="GSM-7" if self.body.gsm7_with(units) else "UCS-2")
+        return Rendered("email", self.language, body, subject=subject, body_html=html)
+
+    def columns(self, values: dict[str, str], known: dict[str, tuple[bool, int, int]] | None = None
+                ) -> tuple[str | None, str, str | None, int]:
+        """The notice for one person as the outbox stores it: (subject, body_text, body_html, segments)."""
         if self.channel == "sms":
             units = {letter: _units(values[letter], known) for letter in self.body.letters}
             body = self.body.fill(values)
-            return Rendered("sms", self.language, body, segments=self.body.segments(units, body),
-                            encoding="GSM-7" if self.body.gsm7_with(units) else "UCS-2")
+            return None, body, None, self.body.segments(units, body)
         escaped = {letter: str(escape(values[letter])) for letter in self.html.letters}
-        return Rendered("email", self.language, self.body.fill(values), subject=self.subject.fill(values),
-                        body_html=self.html.fill(escaped))
+        return self.subject.fill(values), self.body.fill(values), self.html.fill(escaped), 0
+
+
+class Unfilled(NamedTuple):
+    """A shaped notice whose per-person values are put in later, where it is written: planning sends the shape
+    (once per chunk: pickle keeps one copy of a shared object) and a few values to the writer process instead of
+    the whole text, and the writer fills it in (`planning.fill_rows`). A tuple: it crosses to the writer process
+    many times faster than a dataclass."""
+
+    shape: NoticeShape
+    values: dict[str, str]
+
+    @property
+    def language(self) -> str:
+        """The language of the notice."""
+        return self.shape.language
+
+    def filled(self, known: dict[str, tuple[bool, int, int]] | None = None) -> Rendered:
+        """The notice as `NoticeShape.fill` makes it."""
+        return self.shape.fill(self.values, known)
 
 
 def shape_of(rendered: Rendered) -> NoticeShape:
@@ -331,6 +358,12 @@ class ShapeBook:
     def notices(self, booking: Any, customer: Any, offers: list[Any], deadline: datetime | None,
                 recipients: list[Any]) -> list[Rendered]:
         """One booking's notice for each recipient (channel, language), from shapes where possible."""
+        return [notice.filled(self.units) if type(notice) is Unfilled else notice
+                for notice in self.unfilled_notices(booking, customer, offers, deadline, recipients)]
+
+    def unfilled_notices(self, booking: Any, customer: Any, offers: list[Any], deadline: datetime | None,
+                         recipients: list[Any]) -> list[Rendered | Unfilled]:
+        """As `notices`, but a shaped notice comes with its values still to be put in (Unfilled)."""
         name, ref = customer.name, booking.ref
         values = {"N": name, "R": ref, "L": self.link(booking.id, deadline)}
         refund = next((o for o in offers if o.kind == "refund"), None)
@@ -358,7 +391,7 @@ class ShapeBook:
                     found.append(self._plain(channel, language, booking, customer, offers, deadline))
                     continue
                 self.shapes[key] = shape
-            found.append(shape.fill(values, self.units))
+            found.append(Unfilled(shape, dict(values)))  # its own copy: "A" differs by language
         return found
 
     def _amount(self, refund: Any, language: str) -> str:

@@ -76,3 +76,22 @@ def postgres_url():
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def writer_processes(monkeypatch):
+    """Every broadcast is planned with a writer process (planning.WriterProcess, SQLite's way at scale), waited
+    for (not raced) before the first chunk; the list holds the WriterProcess objects made."""
+    from notifier import broadcasts, planning
+
+    made = []
+    real_init = planning.WriterProcess.__init__
+
+    def remembered(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(broadcasts, "WRITER_PROCESS_MIN_BOOKINGS", 1)
+    monkeypatch.setattr(planning.WriterProcess, "__init__", remembered)
+    monkeypatch.setattr(planning.WriterProcess, "ready", property(lambda self: self.wait_until_ready()))
+    return made

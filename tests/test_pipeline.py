@@ -140,11 +140,14 @@ def test_a_full_alternative_sailing_is_never_overbooked(factory, demo_db, tmp_se
     assert all(isinstance(r.amount, Decimal) and r.amount > 0 for r in refunds)
 
 
+@pytest.mark.parametrize("writer", ["thread", "process"])
 def test_places_taken_by_another_writer_while_planning_ahead_are_never_overbooked(factory, demo_db, tmp_settings,
-                                                                                   monkeypatch):
-    # Chunks are planned in memory ahead of their writes; here another writer takes every free place on the
-    # alternatives just before the second chunk is written. That chunk's holds must fail, and it and the rest are
-    # planned again the ordinary way (from fresh counters): standbys, never an overbooked sailing.
+                                                                                   monkeypatch, request, writer):
+    # Chunks are planned in memory ahead of their writes (written by a thread, PostgreSQL's way, or by the writer
+    # process, SQLite's way at scale); here another writer takes every free place on the alternatives just before
+    # the second chunk is written. That chunk's holds must fail, and it and the rest are planned again the
+    # ordinary way (from fresh counters): standbys, never an overbooked sailing.
+    processes = request.getfixturevalue("writer_processes") if writer == "process" else None
     ingest(factory, cap.parse(bundled_feed(demo_db.epoch)))
     process_new_items(factory, load_rules([rules_dir()]), now=demo_db.epoch)
     real_prepare, real_plan = broadcasts.prepare_chunk, broadcasts._plan_chunk
@@ -164,7 +167,7 @@ def test_places_taken_by_another_writer_while_planning_ahead_are_never_overbooke
         calls["ordinary"] += 1
         return real_plan(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: True)  # as on PostgreSQL
+    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: writer == "thread")  # as on PostgreSQL
     monkeypatch.setattr(broadcasts, "prepare_chunk", someone_else_takes_the_places)
     monkeypatch.setattr(broadcasts, "_plan_chunk", ordinary)
     plan_pending(factory, tmp_settings, now=demo_db.epoch)
@@ -175,6 +178,7 @@ def test_places_taken_by_another_writer_while_planning_ahead_are_never_overbooke
         disrupted_bookings = session.scalar(select(func.count()).select_from(Booking).where(
             Booking.status == "confirmed", Booking.sailing_id.in_(select(Disruption.sailing_id))))
     assert calls["prepared"] >= 2 and calls["ordinary"] > 0  # the second chunk fell back to the ordinary way
+    assert processes is None or processes  # the process variant did use a writer process
     assert over == 0
     assert held_by_offers and all(counters[key] == places for key, places in held_by_offers.items())
     assert standby > 0
