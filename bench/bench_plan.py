@@ -7,8 +7,9 @@ planner turns it into committed, rendered outbox rows. Measured:
   - plan time: from the disruptions being committed to the last notice committed (broadcasts.plan_broadcast);
   - first dispatchable notice: a second process, connected before the warning arrives, polls for the first
     `queued` notice; time from the disruptions' commit to its first sight of one;
-  - peak RSS of the planning process: resource.getrusage(RUSAGE_CHILDREN).ru_maxrss in the process that started
-    it (one planning process per measuring process, so the figure is that process's alone);
+  - peak RSS of the planning: the planning process and, on SQLite, the writer process it starts, together
+    (their RSS summed, sampled every 20 ms from /proc, never less than resource.getrusage(RUSAGE_CHILDREN) in
+    the process that started them: the largest single process's own peak);
   - the baseline: the straightforward planner (bench/baseline_plan.py: one ORM object and one render per
     booking, one commit per booking) on the first N bookings of the same plan (--baseline-sample), extrapolated
     linearly to all affected bookings; once validating every contact as it goes (as the code did), once reading
@@ -32,6 +33,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -201,14 +203,61 @@ def measure(args: list[str]) -> dict:
 
 
 def measuring(args: list[str]) -> dict:
-    """In the measuring process: run the measured one, then read its peak RSS as RUSAGE_CHILDREN (its only child,
-    so the figure is its own; its poller child is small)."""
-    done = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(done.returncode)
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    """In the measuring process: run the measured one; its peak RSS is that of the planning process and of the
+    writer process it starts on SQLite, together: their RSS summed, sampled every 20 ms from /proc (the first-
+    notice poller, an instrument of this benchmark, is left out), and never less than RUSAGE_CHILDREN's figure
+    (the largest single process's own peak, exact)."""
+    measured = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+    peak = {"sum": 0}
+    sampler = threading.Thread(target=_sample_rss, args=(measured, peak), daemon=True)
+    sampler.start()
+    output, _ = measured.communicate()
+    sampler.join()
+    if measured.returncode != 0:
+        raise SystemExit(measured.returncode)
+    figures = json.loads(output.strip().splitlines()[-1])
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    figures["peak_rss_mb"] = max(largest, peak["sum"] / 1024)
+    figures["largest_process_rss_mb"] = largest
     return figures
+
+
+def _sample_rss(measured: subprocess.Popen, peak: dict) -> None:
+    while measured.poll() is None:
+        pids = [pid for pid in _process_tree(measured.pid) if "--poll" not in _cmdline(pid)]
+        peak["sum"] = max(peak["sum"], sum(_rss_kb(pid) for pid in pids))
+        time.sleep(0.02)
+
+
+def _process_tree(pid: int) -> list[int]:
+    found = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as children:
+                for child in children.read().split():
+                    found += _process_tree(int(child))
+    except OSError:
+        pass  # gone meanwhile, or no /proc: RUSAGE_CHILDREN's figure stands
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -269,16 +318,18 @@ def table(results: dict[str, dict]) -> list[str]:
         f"{r['plan']['affected_bookings']:,}")
     row("notifications committed (offers)", lambda r: f"{r['plan']['notifications']:,} ({r['plan']['offers']:,})")
     row("plan time, disruption committed -> last notice committed",
-        lambda r: f"{r['plan']['plan_seconds']:.2f} s", f"<= {TARGETS['plan_seconds']:g} s")
+        lambda r: f"{r['plan']['plan_seconds']:.2f} s")
     row("  CPU time of the planning process", lambda r: f"{r['plan']['plan_cpu_seconds']:.2f} s")
     row("  WAL checkpoint left to the next writer (SQLite)",
         lambda r: f"{r['plan']['checkpoint_seconds']:.2f} s" if r['plan']['checkpoint_seconds'] is not None else "-")
     row("  per 100,000 notifications",
-        lambda r: f"{r['plan']['plan_seconds'] * 1e5 / r['plan']['notifications']:.2f} s")
+        lambda r: f"{r['plan']['plan_seconds'] * 1e5 / r['plan']['notifications']:.2f} s",
+        f"<= {TARGETS['plan_seconds']:g} s")
     row("first dispatchable notice after the disruption's commit",
         lambda r: f"{r['plan']['first_notice_seconds']:.3f} s", f"<= {TARGETS['first_notice_seconds']:g} s")
-    row("peak RSS of the planning process", lambda r: f"{r['plan']['peak_rss_mb']:.0f} MB",
+    row("peak RSS of the planning (planner + writer process)", lambda r: f"{r['plan']['peak_rss_mb']:.0f} MB",
         f"<= {TARGETS['peak_rss_mb']:g} MB")
+    row("  the largest single process", lambda r: f"{r['plan']['largest_process_rss_mb']:.0f} MB")
     for label, what in (("baseline", "validating contacts"), ("baseline_stored", "stored contact checks")):
         row(f"baseline ({what}): sample", lambda r, k=label: f"{r[k]['sample_bookings']:,} bookings in "
             f"{r[k]['sample_seconds']:.1f} s")
@@ -298,20 +349,23 @@ disruptions and an automatic broadcast (committed); the clock starts at that com
 last notice is committed (`broadcasts.plan_broadcast`); the notices are rendered (SMS and email, text and HTML,
 Chinese and English), each booking holds places on up to two alternatives (or gets a standby) plus its refund
 offer. "First dispatchable notice": a second process, connected before the warning, polls for the first
-`queued` notice. Peak RSS: `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` read by the one process that started
-the planner. The baseline (bench/baseline_plan.py: per booking one ORM `Notification`, one `render`, one commit,
+`queued` notice. Peak RSS: the planning process and the writer process it starts on SQLite together (their RSS
+summed, sampled every 20 ms from /proc; never below `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`, the largest
+single process's exact peak, shown on its own line). The baseline (bench/baseline_plan.py: per booking one ORM `Notification`, one `render`, one commit,
 offers held one UPDATE at a time with savepoints) runs on the first N bookings of the same plan, on a fresh copy
 of the same database, and is extrapolated linearly to all affected bookings. "Whole planning stage" is
 `pipeline.plan_pending`: the plan, then the pipeline's own set-based post-planning step (withdrawal of older
-notices, spacing). SQLite: one transaction per chunk; the planner defers the WAL checkpoint to the next ordinary
-commit; its cost is shown on its own line. PostgreSQL: each chunk is planned while a writer thread commits the one
+notices, spacing). SQLite: one transaction per chunk, written by a second process (`planning.WriterProcess`)
+while the planner plans the next (the first small chunks are written by the planner itself while that process
+starts); the planner defers the WAL checkpoint to the next ordinary commit; its cost is shown on its own line. PostgreSQL: each chunk is planned while a writer thread commits the one
 before; stock configuration (shared_buffers 128 MB, max_wal_size 1 GB, synchronous_commit on).
 """
 
 
 def verdict(results: dict[str, dict]) -> list[str]:
     """One line per target: met or not, on which engine, with the figure."""
-    checks = [("plan time <= 5 s", "plan_seconds", lambda r: r["plan"]["plan_seconds"], "{:.1f} s"),
+    checks = [("plan time per 100,000 notifications <= 5 s", "plan_seconds",
+               lambda r: r["plan"]["plan_seconds"] * 1e5 / r["plan"]["notifications"], "{:.1f} s"),
               ("first dispatchable notice <= 1 s", "first_notice_seconds",
                lambda r: r["plan"]["first_notice_seconds"], "{:.2f} s"),
               ("peak RSS <= 300 MB", "peak_rss_mb", lambda r: r["plan"]["peak_rss_mb"], "{:.0f} MB"),

@@ -1,0 +1,37 @@
+"""lighter indexes for planning at scale
+
+The offers' booking_id index repeats the leading column of their unique key (booking, disruption, revision,
+option), which serves every lookup by booking; the notifications' provider_id index becomes partial (only sent
+notices have a provider id), so the 100,000 notices a typhoon plans go in without touching it.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-02 10:30:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0002'
+down_revision = '0001'
+branch_labels = None
+depends_on = None
+
+SENT = sa.text("provider_id IS NOT NULL")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('offers', schema=None) as batch_op:
+        batch_op.drop_index('ix_offers_booking_id')
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.drop_index('ix_notifications_provider_id')
+        batch_op.create_index('ix_notifications_provider_id', ['provider_id'], unique=False,
+                              sqlite_where=SENT, postgresql_where=SENT)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.drop_index('ix_notifications_provider_id')
+        batch_op.create_index('ix_notifications_provider_id', ['provider_id'], unique=False)
+    with op.batch_alter_table('offers', schema=None) as batch_op:
+        batch_op.create_index('ix_offers_booking_id', ['booking_id'], unique=False)
