@@ -331,6 +331,7 @@ def _ahead_pays(backend: str) -> bool:
 # A writer process costs a second interpreter (~0.5 s to start, ~100 MB): worth it for a typhoon, not for the
 # few hundred bookings of an ordinary cancellation.
 WRITER_PROCESS_MIN_BOOKINGS = 20_000
+WAIT_FOR_WRITER_FROM = 1000  # bookings in a chunk
 
 
 def _writer_process_pays(backend: str, sailings: SailingPlans) -> bool:
@@ -366,7 +367,7 @@ def _plan_ahead(factory: sessionmaker[Session], broadcast_id: int, chunks: Itera
             if writer.stopped:
                 leftover = [parts]
                 break
-            if not writer.ready:  # the writer process is starting: this chunk the ordinary way, meanwhile
+            if not _writer_ready(writer, parts):  # the writer process is starting: this chunk here, meanwhile
                 with transaction(factory) as session:
                     _plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
                 continue
@@ -379,6 +380,14 @@ def _plan_ahead(factory: sessionmaker[Session], broadcast_id: int, chunks: Itera
     yield from writer.close()
     yield from leftover
     yield from chunks
+
+
+def _writer_ready(writer: ChunkWriter | WriterProcess, parts: list[ChunkPart]) -> bool:
+    # While the writer process starts (~0.4 s of imports), the first small chunks are planned here, so the first
+    # notices go out at once; a full-size chunk waits for it (briefly) rather than be planned on one core.
+    if writer.ready:
+        return True
+    return sum(len(part.booking_ids) for part in parts) >= WAIT_FOR_WRITER_FROM and writer.wait_until_ready(10)
 
 
 def _write_chunk(session: Session, broadcast_id: int, parts: list[ChunkPart], prepared: PreparedChunk,

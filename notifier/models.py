@@ -164,7 +164,9 @@ class Customer(Base):
 
 class Booking(Base):
     __tablename__ = "bookings"
-    __table_args__ = (Index("ix_bookings_sailing_status", "sailing_id", "status"),)
+    # Planning reads a sailing's confirmed bookings of an audience (passengers, cargo) and their accessibility
+    # group from this index alone, never from the table's rows.
+    __table_args__ = (Index("ix_bookings_sailing_status", "sailing_id", "status", "kind", "accessibility_needs"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     ref: Mapped[str] = mapped_column(String(32), unique=True)

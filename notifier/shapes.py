@@ -325,7 +325,7 @@ class ShapeBook:
         self.facts, self.template, self.settings, self.reason, self.folder = facts, template, settings, reason, folder
         self.booking_parts = AttributeMemo({"ref": MARKS["R"]})
         self.offer_parts: dict[tuple, _Part] = {}
-        self.amounts: dict[tuple, str] = {}
+        self.amounts: dict[tuple, tuple[str, bool]] = {}
         self.shapes: dict[tuple, NoticeShape] = {}
         self.plain_only = False
         signer = links._signer(settings.secret_key or "demo-secret")  # noqa: SLF001 - links.make_token's signer
@@ -373,9 +373,10 @@ class ShapeBook:
         for recipient in recipients:
             channel, language = recipient.channel, recipient.language
             use = None if self.plain_only else template_use(self.template, channel, language, self.folder)
+            amount_safe = True
             if refund is not None:
-                values["A"] = self._amount(refund, language)
-            if use is None or not safe or (refund is not None and not _safe(values["A"])):
+                values["A"], amount_safe = self._amount(refund, language)
+            if use is None or not safe or not amount_safe:
                 found.append(self._plain(channel, language, booking, customer, offers, deadline))
                 continue
             if language not in parts:
@@ -394,10 +395,12 @@ class ShapeBook:
             found.append(Unfilled(shape, dict(values)))  # its own copy: "A" differs by language
         return found
 
-    def _amount(self, refund: Any, language: str) -> str:
+    def _amount(self, refund: Any, language: str) -> tuple[str, bool]:
+        # The refund amount as the notice prints it, and whether it can go into a shape (amounts repeat).
         key = (refund.amount, refund.currency, language)
         if key not in self.amounts:
-            self.amounts[key] = money(refund.amount, refund.currency, language)
+            text = money(refund.amount, refund.currency, language)
+            self.amounts[key] = (text, _safe(text))
         return self.amounts[key]
 
     def _booking_part(self, booking: Any, language: str) -> _Part:
