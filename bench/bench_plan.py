@@ -101,7 +101,7 @@ def run_plan(url: str, pipeline: bool) -> dict:
     poller = subprocess.Popen([sys.executable, __file__, "--poll", url], stdout=subprocess.PIPE, text=True)
     assert poller.stdout.readline().strip() == "ready"
     opened, broadcast_id = open_typhoon(factory, settings)
-    cpu = time.process_time()
+    cpu, writer_cpu = time.process_time(), _children_cpu()
     if pipeline:
         planned = {}
         real = stage.plan_broadcast
@@ -119,13 +119,19 @@ def run_plan(url: str, pipeline: bool) -> dict:
 
         plan_broadcast(factory, broadcast_id, settings, now=scale_network.EPOCH)
         finished = planned_at = time.time()
-    cpu = time.process_time() - cpu
+    cpu, writer_cpu = time.process_time() - cpu, _children_cpu() - writer_cpu  # the poller is not waited for yet
     first_seen = float(poller.communicate(timeout=120)[0].strip() or "nan")
     checkpoint = _checkpoint(engine)
     counts = _counts(factory, broadcast_id)
     engine.dispose()
     return {**counts, "plan_seconds": planned_at - opened, "stage_seconds": finished - opened, "plan_cpu_seconds": cpu,
-            "first_notice_seconds": first_seen - opened, "checkpoint_seconds": checkpoint}
+            "first_notice_seconds": first_seen - opened, "checkpoint_seconds": checkpoint,
+            "writer_cpu_seconds": writer_cpu}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _checkpoint(engine) -> float | None:  # noqa: ANN001
@@ -320,6 +326,7 @@ def table(results: dict[str, dict]) -> list[str]:
     row("plan time, disruption committed -> last notice committed",
         lambda r: f"{r['plan']['plan_seconds']:.2f} s")
     row("  CPU time of the planning process", lambda r: f"{r['plan']['plan_cpu_seconds']:.2f} s")
+    row("  CPU time of its writer process (SQLite)", lambda r: f"{r['plan']['writer_cpu_seconds']:.2f} s")
     row("  WAL checkpoint left to the next writer (SQLite)",
         lambda r: f"{r['plan']['checkpoint_seconds']:.2f} s" if r['plan']['checkpoint_seconds'] is not None else "-")
     row("  per 100,000 notifications",
@@ -345,20 +352,21 @@ def table(results: dict[str, dict]) -> list[str]:
 
 NOTES = """\
 What is measured: a CAP typhoon warning over the Qiongzhou Strait for two days goes through the real rules into
-disruptions and an automatic broadcast (committed); the clock starts at that commit. "Plan time" ends when the
-last notice is committed (`broadcasts.plan_broadcast`); the notices are rendered (SMS and email, text and HTML,
-Chinese and English), each booking holds places on up to two alternatives (or gets a standby) plus its refund
-offer. "First dispatchable notice": a second process, connected before the warning, polls for the first
-`queued` notice. Peak RSS: the planning process and the writer process it starts on SQLite together (their RSS
-summed, sampled every 20 ms from /proc; never below `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`, the largest
-single process's exact peak, shown on its own line). The baseline (bench/baseline_plan.py: per booking one ORM `Notification`, one `render`, one commit,
-offers held one UPDATE at a time with savepoints) runs on the first N bookings of the same plan, on a fresh copy
-of the same database, and is extrapolated linearly to all affected bookings. "Whole planning stage" is
-`pipeline.plan_pending`: the plan, then the pipeline's own set-based post-planning step (withdrawal of older
-notices, spacing). SQLite: one transaction per chunk, written by a second process (`planning.WriterProcess`)
+disruptions and an automatic broadcast (committed); the clock starts at that commit. "Plan time" ends when the last
+notice is committed (`broadcasts.plan_broadcast`); the notices are rendered (SMS and email, text and HTML, Chinese
+and English), each booking holds places on up to two alternatives (or gets a standby) plus its refund offer. "First
+dispatchable notice": a second process, connected before the warning, polls for the first `queued` notice. Peak
+RSS: the planning process and the writer process it starts on SQLite together (their RSS summed, sampled every 20
+ms from /proc; never below `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`, the largest single process's exact
+peak, shown on its own line). The baseline (bench/baseline_plan.py: per booking one ORM `Notification`, one
+`render`, one commit, offers held one UPDATE at a time with savepoints) runs on the first N bookings of the same
+plan, on a fresh copy of the same database, and is extrapolated linearly to all affected bookings. "Whole planning
+stage" is `pipeline.plan_pending`: the plan, then the pipeline's own set-based post-planning step (withdrawal of
+older notices, spacing). SQLite: one transaction per chunk, written by a second process (`planning.WriterProcess`)
 while the planner plans the next (the first small chunks are written by the planner itself while that process
-starts); the planner defers the WAL checkpoint to the next ordinary commit; its cost is shown on its own line. PostgreSQL: each chunk is planned while a writer thread commits the one
-before; stock configuration (shared_buffers 128 MB, max_wal_size 1 GB, synchronous_commit on).
+starts); the planner defers the WAL checkpoint to the next ordinary commit; its cost is shown on its own line.
+PostgreSQL: each chunk is planned while a writer thread commits the one before; stock configuration (shared_buffers
+128 MB, max_wal_size 1 GB, synchronous_commit on).
 """
 
 

@@ -39,8 +39,8 @@ from .models import (Booking, Broadcast, Customer, Disruption, Notification, Off
 from .offers import Candidate, candidates_for, planning_order, release
 from .paths import templates_dir
 from .planning import (ChunkNotices, ChunkWriter, FreePlaces, PlanResult, PreparedChunk, WriterProcess,
-                       defer_checkpoint, mark_finished, note_skipped, plan_chunk, prepare_chunk, write_ahead,
-                       write_chunk)
+                       collector_paused, defer_checkpoint, mark_finished, note_skipped, plan_chunk, prepare_chunk,
+                       write_ahead, write_chunk)
 from .rules import Impact
 from .shapes import ShapeBook
 
@@ -121,11 +121,12 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
     initial_status = "held" if needs_approval or manual else "queued"
     sailings = SailingPlans(factory, broadcast_id, disruption_ids, settings)
     chunks = _chunks(sailings, planning_order(sailings.departures, settings.offer_priority), ChunkSizes(chunk))
-    if _can_plan_ahead(factory, sailings):
-        chunks = _plan_ahead(factory, broadcast_id, chunks, settings, now, initial_status, result, sailings)
-    for parts in chunks:  # the ordinary way: one transaction reads, allocates, renders and writes each chunk
-        with transaction(factory) as session:
-            _plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
+    with collector_paused():
+        if _can_plan_ahead(factory, sailings):
+            chunks = _plan_ahead(factory, broadcast_id, chunks, settings, now, initial_status, result, sailings)
+        for parts in chunks:  # the ordinary way: one transaction reads, allocates, renders and writes each chunk
+            with transaction(factory) as session:
+                _plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
     with transaction(factory) as session:
         defer_checkpoint(session)
         broadcast = session.get(Broadcast, broadcast_id)

@@ -111,8 +111,8 @@ def test_a_writer_process_killed_mid_plan_loses_and_doubles_nothing(factory, dem
     assert everything(factory) == expected
 
 
-def test_a_planner_crash_stops_the_writer_process_and_a_rerun_completes_the_plan(factory, demo_db, tmp_settings,
-                                                                                 reference, writer_processes, monkeypatch):
+def test_a_planner_crash_stops_the_writer_process_and_a_rerun_completes_the_plan(
+        factory, demo_db, tmp_settings, reference, writer_processes, monkeypatch):
     expected = planned_the_ordinary_way(reference, tmp_settings, monkeypatch)
     real_prepare = broadcasts.prepare_chunk
     calls = {"n": 0}
