@@ -15,6 +15,7 @@ stored). tests/test_scale.py holds the result to what planning one booking at a 
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
@@ -336,8 +337,14 @@ WAIT_FOR_WRITER_FROM = 1000  # bookings in a chunk
 
 
 def _writer_process_pays(backend: str, sailings: SailingPlans) -> bool:
-    # SQLite: the writing (binding every row, B-trees, the WAL) in a second process, on the second core.
-    return backend == "sqlite" and sailings.booking_count() >= WRITER_PROCESS_MIN_BOOKINGS
+    # SQLite: the writing (binding every row, B-trees, the WAL) in a second process, on the second core. The
+    # writer inherits its socket by file descriptor (POSIX); elsewhere planning stays in one process.
+    return backend == "sqlite" and os.name == "posix" and _spare_core() and \
+        sailings.booking_count() >= WRITER_PROCESS_MIN_BOOKINGS
+
+
+def _spare_core() -> bool:
+    return (os.cpu_count() or 1) > 1
 
 
 def _plan_ahead(factory: sessionmaker[Session], broadcast_id: int, chunks: Iterator[list[ChunkPart]],

@@ -92,6 +92,7 @@ def writer_processes(monkeypatch):
         made.append(self)
 
     monkeypatch.setattr(broadcasts, "WRITER_PROCESS_MIN_BOOKINGS", 1)
+    monkeypatch.setattr(broadcasts, "_spare_core", lambda: True)  # a one-core machine tests it too
     monkeypatch.setattr(planning.WriterProcess, "__init__", remembered)
     monkeypatch.setattr(planning.WriterProcess, "ready", property(lambda self: self.wait_until_ready()))
     return made
