@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -744,6 +745,9 @@ def writer_main() -> None:
     is gone; after a chunk that could not be written, the rest are skipped (the planner plans them again)."""
     from .db import make_engine, session_factory
 
+    # Ctrl-C at the terminal reaches the whole process group: the planner stops and tells this process, which
+    # finishes the chunk in hand (one transaction) and ends, without a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     connection = Connection(int(sys.argv[1]))
     try:
         url, write = connection.recv()

@@ -160,3 +160,27 @@ def test_a_write_that_fails_in_the_writer_process_fails_the_plan_and_leaves_that
     assert len(offered) == 10  # the first chunk, whole; nothing of the second
     assert notified and notified <= offered
     assert status == "planning"  # not marked planned: the watcher plans the rest on its next pass
+
+
+def test_ctrl_c_reaching_the_writer_process_leaves_it_to_the_planner(factory, demo_db, tmp_settings, reference,
+                                                                     writer_processes, monkeypatch):
+    # At a terminal, Ctrl-C reaches the whole process group; the writer process leaves the decision to the planner
+    # (which here goes on), so it neither dies mid-chunk nor prints a traceback of its own.
+    import os
+    import signal
+
+    expected = planned_the_ordinary_way(reference, tmp_settings, monkeypatch)
+    real_prepare = broadcasts.prepare_chunk
+    calls = {"n": 0}
+
+    def interrupt_the_writer(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(writer_processes[0].process.pid, signal.SIGINT)
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(broadcasts, "prepare_chunk", interrupt_the_writer)
+    run_pipeline(factory, tmp_settings, demo_db.epoch)
+
+    assert writer_processes[0].process.returncode == 0
+    assert everything(factory) == expected
