@@ -41,7 +41,7 @@ from .offers import Candidate, candidates_for, planning_order, release
 from .paths import templates_dir
 from .planning import (ChunkNotices, ChunkWriter, FreePlaces, PlanResult, PreparedChunk, WriterProcess,
                        collector_paused, defer_checkpoint, mark_finished, note_skipped, plan_chunk, prepare_chunk,
-                       write_ahead, write_chunk)
+                       write_ahead)
 from .rules import Impact
 from .shapes import ShapeBook
 
@@ -400,13 +400,12 @@ def _writer_ready(writer: ChunkWriter | WriterProcess, parts: list[ChunkPart]) -
 
 def _write_chunk(session: Session, broadcast_id: int, parts: list[ChunkPart], prepared: PreparedChunk,
                  result: PlanResult) -> bool:
-    """Write one chunk planned ahead, with the planned revision of every sailing it finishes (False: nothing
-    written, its places were taken meanwhile)."""
-    defer_checkpoint(session)
-    if not write_chunk(session, broadcast_id, prepared, result):
-        return False
-    mark_finished(session, _finished(parts))
-    return True
+    """The writer thread's write (planning.write_ahead), added to the broadcast's result (False: nothing written,
+    its places were taken meanwhile)."""
+    done = write_ahead(session, (broadcast_id, _finished(parts), prepared))
+    if done is not None:
+        result.add(done)
+    return done is not None
 
 
 def _mark_planned(session: Session, parts: list[ChunkPart]) -> None:

@@ -19,7 +19,7 @@ handful of statements:
 Messages come from `shapes.ShapeBook`: one render per notice shape, the per-person values put in per booking
 (`fill_rows`, where the chunk is written).
 
-A chunk may be planned ahead of its writes (`prepare_chunk`, then `write_chunk`): on PostgreSQL a thread writes
+A chunk may be planned ahead of its writes (`prepare_chunk`, then `write_ahead`): on PostgreSQL a thread writes
 the chunk before while the next is planned (`ChunkWriter`); on SQLite, for a broadcast large enough to pay for it,
 a second process does (`WriterProcess`, `writer_main`), so that planning and SQLite's writing use both cores.
 """
@@ -38,7 +38,7 @@ import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -170,8 +170,8 @@ def _converted_result(rows: list[Any], processors: list[tuple[int, Any]]) -> lis
         try:
             distinct = set(column)
         except TypeError:  # the driver gave documents already (unhashable): value by value
-            distinct = set(range(len(column)))
-        if 2 * len(distinct) > len(column):
+            distinct = None
+        if distinct is None or 2 * len(distinct) > len(column):
             converted = [None if value is None else processor(value) for value in column]
         else:
             known = {value: None if value is None else processor(value) for value in distinct}
@@ -476,7 +476,7 @@ def plan_chunk(session: Session, broadcast_id: int, parts: list[Any], settings: 
 
 @dataclass
 class PreparedChunk:
-    """A chunk planned in memory (places to hold, offers, contact checks, notices): `write_chunk` writes it."""
+    """A chunk planned in memory (places to hold, offers, contact checks, notices): `write_ahead` writes it."""
 
     taken: Counter
     offers: list[tuple]  # rows in OFFER_COLUMNS order
@@ -518,17 +518,6 @@ def prepare_chunk(session: Session, parts: list[Any], settings: Any, now: dateti
             _allocate(session, plan, bookings, places, taken, {}, settings, now, planned)
     notices, fresh = _chunk_notices(session, parts, chunk, made, planned, settings, broadcast_id, initial_status)
     return PreparedChunk(taken, offer_rows([offer for offers in planned.values() for offer in offers]), fresh, notices)
-
-
-def write_chunk(session: Session, broadcast_id: int, prepared: PreparedChunk, result: Any) -> bool:
-    """Write a prepared chunk (in the caller's transaction); False, with nothing written, when another writer
-    took some of its places since they were counted."""
-    if not _hold_all(session, prepared.taken):
-        return False
-    _insert_offers(session, prepared.offers)
-    store_checks(session, prepared.checks)
-    _commit_notices(session, broadcast_id, prepared.notices, result)
-    return True
 
 
 class ChunkWriter:
@@ -672,10 +661,8 @@ class WriterProcess:
     def close(self, quietly: bool = False) -> list[list[Any]]:
         """Wait for the chunks sent to be written and stop the process; the chunks not written, in order (a
         failed write is raised instead, unless `quietly`: the caller is already raising)."""
-        try:
+        with suppress(OSError):  # gone already
             self.connection.send(None)
-        except OSError:
-            pass  # gone already
         if self.outcomes.is_alive():
             self.outcomes.join()
         try:
@@ -708,13 +695,17 @@ class WriterProcess:
 
 
 def write_ahead(session: Session, item: tuple[int, dict[int, int], PreparedChunk]) -> PlanResult | None:
-    """In the writer process: one chunk planned ahead, written, with the planned revision of the sailings it
-    finishes; what it did (None, with nothing written: its places were taken meanwhile)."""
+    """Write one chunk planned ahead (in the caller's transaction; by the writer thread or process), with the
+    planned revision of the sailings it finishes (`finished`: disruption -> revision); what it did, or None, with
+    nothing written, when another writer took some of its places since they were counted."""
     broadcast_id, finished, prepared = item
     done = PlanResult(broadcast_id)
     defer_checkpoint(session)
-    if not write_chunk(session, broadcast_id, prepared, done):
+    if not _hold_all(session, prepared.taken):
         return None
+    _insert_offers(session, prepared.offers)
+    store_checks(session, prepared.checks)
+    _commit_notices(session, broadcast_id, prepared.notices, done)
     mark_finished(session, finished)
     return done
 

@@ -5,6 +5,9 @@ tests/test_pipeline.py)."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 from sqlalchemy import func, select, text
 
@@ -63,17 +66,24 @@ def planned_the_ordinary_way(reference, settings, monkeypatch):
     return everything(factory)
 
 
+def watch_calls(monkeypatch, name: str, on_call=None) -> list[int]:
+    """Wrap broadcasts.<name>: `on_call(n)` runs before its n-th call (from 1); returns the calls seen so far."""
+    real, calls = getattr(broadcasts, name), []
+
+    def watched(*args, **kwargs):
+        calls.append(len(calls) + 1)
+        if on_call is not None:
+            on_call(len(calls))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(broadcasts, name, watched)
+    return calls
+
+
 def test_the_writer_process_writes_exactly_what_one_process_would(factory, demo_db, tmp_settings, reference,
                                                                    writer_processes, monkeypatch):
     expected = planned_the_ordinary_way(reference, tmp_settings, monkeypatch)
-    written_there = []
-    real_prepare = broadcasts.prepare_chunk
-
-    def counted(*args, **kwargs):
-        written_there.append(1)
-        return real_prepare(*args, **kwargs)
-
-    monkeypatch.setattr(broadcasts, "prepare_chunk", counted)
+    written_there = watch_calls(monkeypatch, "prepare_chunk")
     run_pipeline(factory, tmp_settings, demo_db.epoch)
 
     assert writer_processes and len(written_there) > 1  # the chunks went to the writer process
@@ -85,25 +95,14 @@ def test_the_writer_process_writes_exactly_what_one_process_would(factory, demo_
 def test_a_writer_process_killed_mid_plan_loses_and_doubles_nothing(factory, demo_db, tmp_settings, reference,
                                                                     writer_processes, monkeypatch):
     expected = planned_the_ordinary_way(reference, tmp_settings, monkeypatch)
-    real_prepare = broadcasts.prepare_chunk
-    calls = {"n": 0}
 
-    def kill_the_writer(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the writer has one chunk written, maybe one in hand
+    def kill_the_writer(call):
+        if call == 3:  # the writer has one chunk written, maybe one in hand
             writer_processes[0].process.kill()
             writer_processes[0].process.wait()
-        return real_prepare(*args, **kwargs)
 
-    real_plan = broadcasts._plan_chunk
-    ordinary = []
-
-    def planned_here(*args, **kwargs):
-        ordinary.append(1)
-        return real_plan(*args, **kwargs)
-
-    monkeypatch.setattr(broadcasts, "prepare_chunk", kill_the_writer)
-    monkeypatch.setattr(broadcasts, "_plan_chunk", planned_here)
+    watch_calls(monkeypatch, "prepare_chunk", kill_the_writer)
+    ordinary = watch_calls(monkeypatch, "_plan_chunk")
     run_pipeline(factory, tmp_settings, demo_db.epoch)
 
     assert writer_processes[0].process.returncode != 0
@@ -115,15 +114,12 @@ def test_a_planner_crash_stops_the_writer_process_and_a_rerun_completes_the_plan
         factory, demo_db, tmp_settings, reference, writer_processes, monkeypatch):
     expected = planned_the_ordinary_way(reference, tmp_settings, monkeypatch)
     real_prepare = broadcasts.prepare_chunk
-    calls = {"n": 0}
 
-    def crash_on_third_chunk(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def crash_on_third_chunk(call):
+        if call == 3:
             raise RuntimeError("simulated crash")
-        return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "prepare_chunk", crash_on_third_chunk)
+    watch_calls(monkeypatch, "prepare_chunk", crash_on_third_chunk)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_pipeline(factory, tmp_settings, demo_db.epoch)
     assert writer_processes[0].process.poll() is not None  # no writer process left behind
@@ -166,20 +162,13 @@ def test_ctrl_c_reaching_the_writer_process_leaves_it_to_the_planner(factory, de
                                                                      writer_processes, monkeypatch):
     # At a terminal, Ctrl-C reaches the whole process group; the writer process leaves the decision to the planner
     # (which here goes on), so it neither dies mid-chunk nor prints a traceback of its own.
-    import os
-    import signal
-
     expected = planned_the_ordinary_way(reference, tmp_settings, monkeypatch)
-    real_prepare = broadcasts.prepare_chunk
-    calls = {"n": 0}
 
-    def interrupt_the_writer(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def interrupt_the_writer(call):
+        if call == 2:
             os.kill(writer_processes[0].process.pid, signal.SIGINT)
-        return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "prepare_chunk", interrupt_the_writer)
+    watch_calls(monkeypatch, "prepare_chunk", interrupt_the_writer)
     run_pipeline(factory, tmp_settings, demo_db.epoch)
 
     assert writer_processes[0].process.returncode == 0
