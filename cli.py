@@ -28,8 +28,8 @@ from pathlib import Path
 
 import click
 
-from notifier import NotifierError
-from notifier.config import load_settings
+from notifier.errors import NotifierError
+from notifier.store.settings import load_settings
 
 INTERNAL_ERROR = 70
 
@@ -97,7 +97,7 @@ def main(ctx: click.Context, config_path: str | None, log_level: str | None) -> 
 @friendly_errors
 def demo(ctx: click.Context, db_path: str, outbox: str, bookings: int, feed_path: str | None) -> None:
     """Build a demo network, replay a typhoon warning through the whole pipeline, and show what was sent."""
-    from notifier import demo as demo_module
+    from notifier.ops import demo as demo_module
 
     database_url = os.environ.get("NOTIFIER_DATABASE_URL") if db_path == "notifier.db" else None
     settings = settings_from(ctx, database_url=database_url or f"sqlite:///{db_path}", outbox_dir=outbox)
@@ -151,7 +151,7 @@ def db() -> None:
 @friendly_errors
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the database schema to the newest revision."""
-    from notifier.migrate import current_revision, upgrade
+    from notifier.store.migrate import current_revision, upgrade
 
     settings = settings_from(ctx)
     upgrade(settings.database_url)
@@ -166,7 +166,7 @@ def db_upgrade(ctx: click.Context) -> None:
 def db_check_contacts(ctx: click.Context, processes: int) -> None:
     """Check and store every customer's phone and email now (after a booking import), so that a big broadcast
     does not have to; customers whose stored check is current are skipped."""
-    from notifier.contacts import check_contacts
+    from notifier.planning.contacts import check_contacts
 
     checked = check_contacts(open_database(settings_from(ctx)), processes=processes)
     click.echo(f"checked the contacts of {checked} customer(s); the others were already current")
@@ -223,9 +223,9 @@ def import_gtfs_command(ctx: click.Context, path: str, today: str | None, days: 
     """Load a static GTFS ferry schedule (zip or folder) as ports, routes and sailings."""
     from datetime import date
 
-    from notifier import UsageError
-    from notifier.db import make_engine, require_schema, session_factory, transaction
-    from notifier.gtfs_import import import_gtfs
+    from notifier.errors import UsageError
+    from notifier.store.db import make_engine, require_schema, session_factory, transaction
+    from notifier.intake.gtfs import import_gtfs
 
     try:
         first_day = date.fromisoformat(today) if today else None
@@ -252,8 +252,8 @@ def rules() -> None:
 @friendly_errors
 def rules_check(ctx: click.Context) -> None:
     """Validate every rule file; print the rules loaded."""
-    from notifier.paths import rules_dir
-    from notifier.rules import load_rule_set
+    from notifier.store.paths import rules_dir
+    from notifier.rules.engine import load_rule_set
 
     settings = settings_from(ctx)
     loaded = load_rule_set([rules_dir(), *map(Path, settings.rules_dirs)])
@@ -281,7 +281,7 @@ def rules_test(ctx: click.Context, feed_file: str, at: str | None, db_path: str 
                feed_format: str | None) -> None:
     """Show, changing nothing, what the rules make of a feed file: each observation, the rules it matched and
     why (or why not), the sailings, bookings and recipients it would reach, and the entitlements offered."""
-    from notifier.pipeline import try_feed_file
+    from notifier.ops.pipeline import try_feed_file
 
     settings = settings_from(ctx, database_url=f"sqlite:///{db_path}" if db_path else None)
     for line in try_feed_file(settings, feed_file, at, feed_format):
@@ -297,7 +297,7 @@ def rules_test(ctx: click.Context, feed_file: str, at: str | None, db_path: str 
 def dispatch(ctx: click.Context, once: bool) -> None:
     """Send queued notifications through the configured channels; without --once, keep sending until stopped
     (SIGTERM / Ctrl-C finishes the messages in flight; a second one stops at once)."""
-    from notifier.dispatch import serve
+    from notifier.delivery.dispatch import serve
 
     def announce(channel_names: dict[str, str]) -> None:
         if not once:
@@ -319,7 +319,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve the customers' choice pages and the Twilio webhooks (put a TLS proxy in front)."""
     from werkzeug.serving import make_server
 
-    from notifier.web import create_app
+    from notifier.web.app import create_app
 
     app = create_app(settings_from(ctx))
     try:
@@ -342,8 +342,8 @@ def responses() -> None:
 @friendly_errors
 def responses_export(ctx: click.Context, as_csv: bool, file: str) -> None:
     """Export every recorded choice (rebooking, refund, default) for the reservation and finance systems."""
-    from notifier.db import make_engine, require_schema, session_factory
-    from notifier.responses import export_csv
+    from notifier.store.db import make_engine, require_schema, session_factory
+    from notifier.aftercare.responses import export_csv
 
     settings = settings_from(ctx)
     engine = make_engine(settings.database_url)
@@ -364,7 +364,7 @@ def responses_export(ctx: click.Context, as_csv: bool, file: str) -> None:
 
 def open_database(settings):  # noqa: ANN001, ANN201
     """A session factory on the configured, migrated database."""
-    from notifier.db import make_engine, require_schema, session_factory
+    from notifier.store.db import make_engine, require_schema, session_factory
 
     engine = make_engine(settings.database_url)
     require_schema(engine)
@@ -427,8 +427,8 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
                      end: str | None, kind: str | None, delay_minutes: int | None, reason: str | None, cause: str,
                      template: str | None, channels: str, audience: str, operator: str | None, yes: bool) -> None:
     """Plan a broadcast on hold and print its preview; nothing is sent until it is approved (when needed) and sent."""
-    from notifier import broadcasts
-    from notifier.console import preview_lines
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
     request = broadcasts.BroadcastRequest(
@@ -459,8 +459,8 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
 @friendly_errors
 def broadcast_preview(ctx: click.Context, broadcast_id: int, show_all: bool) -> None:
     """Show again what a broadcast sends: recipients, cost, time, samples, offers, approval."""
-    from notifier import broadcasts
-    from notifier.console import preview_lines
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
     preview = broadcasts.preview(open_database(settings), broadcast_id, settings)
@@ -474,7 +474,7 @@ def broadcast_preview(ctx: click.Context, broadcast_id: int, show_all: bool) -> 
 @friendly_errors
 def broadcast_approve(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Approve a broadcast (as an operator other than its creator)."""
-    from notifier import broadcasts
+    from notifier.broadcasts import lifecycle as broadcasts
 
     settings = settings_from(ctx)
     operator = operator or settings.operator
@@ -489,7 +489,7 @@ def dispatch_in_process(factory, settings):  # noqa: ANN001, ANN201
 
     def run(stop: threading.Event) -> None:
         from notifier.channels import channels_for
-        from notifier.dispatch import Dispatcher
+        from notifier.delivery.dispatch import Dispatcher
 
         channels = channels_for(settings)
         dispatcher = Dispatcher(factory, settings, channels)
@@ -515,8 +515,8 @@ def dispatch_in_process(factory, settings):  # noqa: ANN001, ANN201
 @friendly_errors
 def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, wait: bool, yes: bool) -> None:
     """Release an approved broadcast to the dispatcher (exit 4 while it still needs approval)."""
-    from notifier import broadcasts
-    from notifier.console import follow, progress_line
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops.console import follow, progress_line
 
     settings = settings_from(ctx)
     operator = broadcasts.require_operator(operator or settings.operator)
@@ -546,7 +546,8 @@ def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, 
 @friendly_errors
 def broadcast_status(ctx: click.Context, broadcast_id: int, follow: bool) -> None:
     """Sent / delivered / failed / remaining and the current rate."""
-    from notifier import broadcasts, console
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops import console
 
     settings = settings_from(ctx)
     factory = open_database(settings)
@@ -563,8 +564,8 @@ def broadcast_status(ctx: click.Context, broadcast_id: int, follow: bool) -> Non
 @friendly_errors
 def broadcast_pause(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Stop sending (within one dispatcher batch); `resume` continues."""
-    from notifier import broadcasts
-    from notifier.console import progress_line
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops.console import progress_line
 
     settings = settings_from(ctx)
     factory = open_database(settings)
@@ -580,8 +581,8 @@ def broadcast_pause(ctx: click.Context, broadcast_id: int, operator: str | None)
 @friendly_errors
 def broadcast_resume(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Continue a paused broadcast."""
-    from notifier import broadcasts
-    from notifier.console import progress_line
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops.console import progress_line
 
     settings = settings_from(ctx)
     factory = open_database(settings)
@@ -597,7 +598,7 @@ def broadcast_resume(ctx: click.Context, broadcast_id: int, operator: str | None
 @friendly_errors
 def broadcast_cancel(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Stop a broadcast for good: unsent messages are cancelled (those in flight finish)."""
-    from notifier import broadcasts
+    from notifier.broadcasts import lifecycle as broadcasts
 
     settings = settings_from(ctx)
     result = broadcasts.cancel(open_database(settings), broadcast_id, operator or settings.operator)
@@ -619,8 +620,8 @@ def broadcast_cancel(ctx: click.Context, broadcast_id: int, operator: str | None
 def broadcast_correct(ctx: click.Context, broadcast_id: int, template: str | None, reason: str | None,
                       operator: str | None) -> None:
     """Plan a correction to everyone a broadcast already told (held, then approve/send as usual)."""
-    from notifier import broadcasts
-    from notifier.console import preview_lines
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
     factory = open_database(settings)
@@ -636,8 +637,8 @@ def broadcast_correct(ctx: click.Context, broadcast_id: int, template: str | Non
 @friendly_errors
 def broadcast_list(ctx: click.Context, limit: int) -> None:
     """The newest broadcasts, with their status and progress."""
-    from notifier import broadcasts
-    from notifier.console import broadcast_list_lines
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.ops.console import broadcast_list_lines
 
     echo_lines(broadcast_list_lines(broadcasts.recent_broadcasts(open_database(settings_from(ctx)), limit)))
 
@@ -653,8 +654,8 @@ def broadcast_list(ctx: click.Context, limit: int) -> None:
 @friendly_errors
 def audit(ctx: click.Context, since: str | None, actor: str | None, limit: int, as_json: bool) -> None:
     """Who did what, when: every operator action and automatic decision."""
-    from notifier.console import audit_lines
-    from notifier.reports import audit_trail, parse_since
+    from notifier.ops.console import audit_lines
+    from notifier.ops.reports import audit_trail, parse_since
 
     entries = audit_trail(open_database(settings_from(ctx)), parse_since(since) if since else None, actor, limit)
     if as_json:
@@ -675,8 +676,8 @@ def audit(ctx: click.Context, since: str | None, actor: str | None, limit: int, 
 @friendly_errors
 def report(ctx: click.Context, disruption_id: int | None, as_json: bool, html_file: str | None) -> None:
     """Per disruption: bookings affected, told within 5/15/30 min, delivered, failed, choices, EU 30-min duty."""
-    from notifier.console import report_lines
-    from notifier.reports import build_report, render_html
+    from notifier.ops.console import report_lines
+    from notifier.ops.reports import build_report, render_html
 
     figures = build_report(open_database(settings_from(ctx)), disruption_id)
     if html_file:
@@ -703,8 +704,8 @@ def booking() -> None:
 @friendly_errors
 def booking_show(ctx: click.Context, ref: str) -> None:
     """A booking, its notices with delivery status, its offers and the customer's choice (contacts masked)."""
-    from notifier.console import booking_lines
-    from notifier.reports import booking_card
+    from notifier.ops.console import booking_lines
+    from notifier.ops.reports import booking_card
 
     echo_lines(booking_lines(booking_card(open_database(settings_from(ctx)), ref)))
 
@@ -726,9 +727,9 @@ def followups_list(ctx: click.Context, disruption_id: int | None, reasons: tuple
                    as_csv: bool) -> None:
     """Every booking that needs a person, most urgent first, with why and its history (brought up to date
     first)."""
-    from notifier import followups as desk
-    from notifier.console import worklist_lines
-    from notifier.db import transaction
+    from notifier.aftercare import followups as desk
+    from notifier.ops.console import worklist_lines
+    from notifier.store.db import transaction
 
     settings = settings_from(ctx)
     factory = open_database(settings)
@@ -749,8 +750,8 @@ def followups_list(ctx: click.Context, disruption_id: int | None, reasons: tuple
 @friendly_errors
 def followups_take(ctx: click.Context, item_id: int, operator: str | None) -> None:
     """Take a follow-up: it is yours, and nobody else can take it."""
-    from notifier import followups as desk
-    from notifier.db import transaction
+    from notifier.aftercare import followups as desk
+    from notifier.store.db import transaction
 
     settings = settings_from(ctx)
     with transaction(open_database(settings)) as session:
@@ -769,8 +770,8 @@ def followups_take(ctx: click.Context, item_id: int, operator: str | None) -> No
 @friendly_errors
 def followups_done(ctx: click.Context, item_id: int, outcome: str, note: str, operator: str | None) -> None:
     """Close a follow-up you took, with its outcome and a note."""
-    from notifier import followups as desk
-    from notifier.db import transaction
+    from notifier.aftercare import followups as desk
+    from notifier.store.db import transaction
 
     settings = settings_from(ctx)
     with transaction(open_database(settings)) as session:
@@ -791,7 +792,7 @@ def purge(ctx: click.Context, days: int | None, yes: bool, operator: str | None)
     """Remove personal data past the retention period: customers' names and contacts once all their sailings are
     that old, notice texts and recipients, reply texts, desk notes. Figures, choices, opt-outs and the audit
     trail stay; the purge is audited (counts only)."""
-    from notifier import retention
+    from notifier.aftercare import retention
 
     settings = settings_from(ctx)
     factory = open_database(settings)
@@ -823,7 +824,8 @@ def watch(ctx: click.Context, show_status: bool) -> None:
     cleanly). Several may run: one leads, the others stand by and take over."""
     import logging
 
-    from notifier import console, watcher
+    from notifier.ops import console
+    from notifier.ops import watcher
     from notifier.logs import setup_logging
 
     settings = settings_from(ctx)
@@ -846,9 +848,9 @@ def watch(ctx: click.Context, show_status: bool) -> None:
 @friendly_errors
 def feeds_list(ctx: click.Context) -> None:
     """The configured feeds with their health (ok, failing, stale, never polled) and the watcher's heartbeat."""
-    from notifier.console import feeds_lines
-    from notifier.polling import source_health
-    from notifier.watcher import watcher_states
+    from notifier.ops.console import feeds_lines
+    from notifier.ops.polling import source_health
+    from notifier.ops.watcher import watcher_states
 
     settings = settings_from(ctx)
     factory = open_database(settings)
@@ -861,11 +863,11 @@ def feeds_list(ctx: click.Context) -> None:
 @friendly_errors
 def feeds_poll(ctx: click.Context, once: bool) -> None:
     """Poll the configured feeds and hand what is new to the rules (without --once: keep polling)."""
-    from notifier import UsageError
-    from notifier.paths import rules_dir
-    from notifier.polling import poll_all
-    from notifier.rules import load_rules
-    from notifier.watcher import Watcher, run_pipeline
+    from notifier.errors import UsageError
+    from notifier.store.paths import rules_dir
+    from notifier.ops.polling import poll_all
+    from notifier.rules.engine import load_rules
+    from notifier.ops.watcher import Watcher, run_pipeline
 
     settings = settings_from(ctx)
     if not settings.feeds:
@@ -906,7 +908,7 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
     """Every setting in effect, secrets masked."""
     from dataclasses import asdict
 
-    from notifier.console import config_lines
+    from notifier.ops.console import config_lines
 
     masked = settings_from(ctx).masked()
     if as_json:

@@ -13,17 +13,17 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier import audit
-from notifier.audience import booking_ids_page, opted_out, recipients_for
-from notifier.broadcasts import (NoticeSpec, PlanResult, _decide_manual_approval, _needs_approval, _preview_facts,
-                                 _sailing_facts, dedup_key, notice_context)
-from notifier.config import Settings
-from notifier.contacts import is_current, recipients_checked
-from notifier.db import transaction
-from notifier.entitlements import notice_priority
+from notifier.store import audit
+from notifier.planning.audience import booking_ids_page, opted_out, recipients_for
+from notifier.broadcasts.lifecycle import (NoticeSpec, PlanResult, _decide_manual_approval, _needs_approval,
+                                           _preview_facts, _sailing_facts, dedup_key, notice_context)
+from notifier.store.settings import Settings
+from notifier.planning.contacts import is_current, recipients_checked
+from notifier.store.db import transaction
+from notifier.rules.entitlements import notice_priority
 from notifier.messages import render
-from notifier.models import Booking, Broadcast, Customer, Disruption, Notification, Offer, Sailing, utcnow
-from notifier.offers import make_offers, planning_order
+from notifier.store.models import Booking, Broadcast, Customer, Disruption, Notification, Offer, Sailing, utcnow
+from notifier.planning.offers import make_offers, planning_order
 
 
 def plan_one_by_one(factory: sessionmaker[Session], broadcast_id: int, settings: Settings,

@@ -12,13 +12,14 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier import audit
-from notifier.db import insert_ignore, transaction
-from notifier.fallback import contact
+from notifier.store import audit
+from notifier.store.db import insert_ignore, transaction
+from notifier.delivery.fallback import contact
 from notifier.messages import render
-from notifier.models import Booking, Customer, Disruption, Notification, Offer, OptOut, Port, Route, Sailing, utcnow
-from notifier.reminders import (FAILED, NOTICE_PURPOSES, OTHER_CHANNEL, TEMPLATE, TOLD, Due, _unanswered_offers,
-                                reminder_key)
+from notifier.store.models import (Booking, Customer, Disruption, Notification, Offer, OptOut, Port, Route, Sailing,
+                                   utcnow)
+from notifier.aftercare.reminders import (FAILED, NOTICE_PURPOSES, OTHER_CHANNEL, TEMPLATE, TOLD, Due,
+                                          _unanswered_offers, reminder_key)
 
 OLD_CHUNK = 200
 
@@ -104,9 +105,9 @@ def _old_channel(session: Session, customer: Customer, due: Due, now: Any, setti
 
 def _old_context(session: Session, settings: Any, booking: Booking, customer: Customer, disruption: Disruption,
                  deadline: Any, facts: dict[int, Any]) -> dict[str, Any]:
-    from notifier.broadcasts import SailingFacts, notice_context
-    from notifier.offers import candidates_for
-    from notifier.responses import default_policy
+    from notifier.broadcasts.lifecycle import SailingFacts, notice_context
+    from notifier.planning.offers import candidates_for
+    from notifier.aftercare.responses import default_policy
 
     if disruption.id not in facts:
         sailing = session.get(Sailing, disruption.sailing_id)

@@ -13,13 +13,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier import audit
-from notifier.db import insert_ignore, transaction
-from notifier.fallback import contact
-from notifier.followups import refresh
+from notifier.store import audit
+from notifier.store.db import insert_ignore, transaction
+from notifier.delivery.fallback import contact
+from notifier.aftercare.followups import refresh
 from notifier.messages import render
-from notifier.models import Booking, Customer, Disruption, Notification, OptOut, SatisfactionRequest, utcnow
-from notifier.satisfaction import FAILED, TEMPLATE, TOLD, Settlement, request_context, resolved_disruptions
+from notifier.store.models import Booking, Customer, Disruption, Notification, OptOut, SatisfactionRequest, utcnow
+from notifier.aftercare.satisfaction import FAILED, TEMPLATE, TOLD, Settlement, request_context, resolved_disruptions
 
 
 def old_queue_requests(factory: sessionmaker[Session], settings: Any, now: Any, limit: int | None = None

@@ -31,13 +31,13 @@ import requests  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from twilio.rest import Client  # noqa: E402
 
-from notifier.channels.twilio_sms import RedirectingHttpClient, TwilioSmsChannel  # noqa: E402
-from notifier.config import load_settings  # noqa: E402
-from notifier.db import make_engine, session_factory, transaction  # noqa: E402
-from notifier.dispatch import Dispatcher  # noqa: E402
-from notifier.messages import sms_segments  # noqa: E402
-from notifier.migrate import upgrade  # noqa: E402
-from notifier.models import Notification, utcnow  # noqa: E402
+from notifier.channels.twilio_sms import RedirectingHttpClient, TwilioSmsChannel
+from notifier.store.settings import load_settings
+from notifier.store.db import make_engine, session_factory, transaction
+from notifier.delivery.dispatch import Dispatcher
+from notifier.messages import sms_segments
+from notifier.store.migrate import upgrade
+from notifier.store.models import Notification, utcnow
 from tests.standins.twilio_standin import ACCOUNT_SID, AUTH_TOKEN  # noqa: E402
 
 SENDER = "+15005550006"

@@ -29,7 +29,12 @@ from google.transit import gtfs_realtime_pb2
 CHECKOUT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(CHECKOUT))
 
-from notifier.feeds import atom, cap, dcsa, gtfs_rt, nws, port_status  # noqa: E402
+from notifier.feeds import atom
+from notifier.feeds import cap
+from notifier.feeds import dcsa
+from notifier.feeds import gtfs_rt
+from notifier.feeds import nws
+from notifier.feeds import port_status
 
 FIXTURES = CHECKOUT / "tests" / "fixtures" / "feeds"
 SHARED = CHECKOUT.parent / "shared" / "feeds"

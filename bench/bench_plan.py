@@ -44,7 +44,7 @@ sys.path.insert(0, str(CHECKOUT / "bench"))
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
 import scale_network  # noqa: E402
-from notifier.paths import demo_data_dir  # noqa: E402
+from notifier.store.paths import demo_data_dir
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TARGETS = {"plan_seconds": 5.0, "peak_rss_mb": 300.0, "speedup": 20.0, "first_notice_seconds": 1.0}
@@ -64,7 +64,7 @@ def typhoon_warning() -> bytes:
 
 
 def settings_for(url: str):  # noqa: ANN201
-    from notifier.config import load_settings
+    from notifier.store.settings import load_settings
 
     return load_settings(env={}, config_path=None, database_url=url, secret_key="bench-secret",
                          public_base_url="https://ferry.example", outbox_dir=tempfile.gettempdir())
@@ -74,10 +74,10 @@ def open_typhoon(factory, settings) -> tuple[float, int]:  # noqa: ANN001
     """Ingest the warning and run the rules: disruptions and the automatic broadcast, committed. Returns the
     moment (time.time) the commit was done and the broadcast id."""
     from notifier.feeds import cap
-    from notifier.models import Broadcast
-    from notifier.paths import rules_dir
-    from notifier.pipeline import ingest, process_new_items
-    from notifier.rules import load_rules
+    from notifier.store.models import Broadcast
+    from notifier.store.paths import rules_dir
+    from notifier.ops.pipeline import ingest, process_new_items
+    from notifier.rules.engine import load_rules
 
     ingest(factory, cap.parse(typhoon_warning()))
     processed = process_new_items(factory, load_rules([rules_dir()]), now=scale_network.EPOCH, settings=settings)
@@ -92,8 +92,8 @@ def open_typhoon(factory, settings) -> tuple[float, int]:  # noqa: ANN001
 
 def run_plan(url: str, pipeline: bool) -> dict:
     """Open the typhoon and plan it (the bulk planner); the first-notice poller runs beside it."""
-    from notifier import pipeline as stage
-    from notifier.db import make_engine, session_factory
+    from notifier.ops import pipeline as stage
+    from notifier.store.db import make_engine, session_factory
 
     settings = settings_for(url)
     engine = make_engine(url)
@@ -115,7 +115,7 @@ def run_plan(url: str, pipeline: bool) -> dict:
         stage.plan_pending(factory, settings, now=scale_network.EPOCH)
         finished, planned_at = time.time(), planned["at"]
     else:
-        from notifier.broadcasts import plan_broadcast
+        from notifier.broadcasts.lifecycle import plan_broadcast
 
         plan_broadcast(factory, broadcast_id, settings, now=scale_network.EPOCH)
         finished = planned_at = time.time()
@@ -147,7 +147,7 @@ def _checkpoint(engine) -> float | None:  # noqa: ANN001
 def run_baseline(url: str, sample: int, stored_contacts: bool) -> dict:
     """Open the typhoon and plan its first `sample` bookings the straightforward way."""
     from baseline_plan import plan_one_by_one
-    from notifier.db import make_engine, session_factory
+    from notifier.store.db import make_engine, session_factory
 
     settings = settings_for(url)
     engine = make_engine(url)
@@ -164,8 +164,8 @@ def run_baseline(url: str, sample: int, stored_contacts: bool) -> dict:
 
 
 def _counts(factory, broadcast_id: int) -> dict:  # noqa: ANN001
-    from notifier.audience import AUDIENCE_KINDS
-    from notifier.models import Booking, Broadcast, Disruption, Notification, Offer
+    from notifier.planning.audience import AUDIENCE_KINDS
+    from notifier.store.models import Booking, Broadcast, Disruption, Notification, Offer
 
     with factory() as session:
         broadcast = session.get(Broadcast, broadcast_id)

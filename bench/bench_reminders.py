@@ -36,17 +36,17 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 import bench_plan  # noqa: E402
 from baseline_reminders import old_queue_reminders  # noqa: E402
 import scale_network  # noqa: E402
-from notifier.broadcasts import plan_broadcast  # noqa: E402
-from notifier.config import load_settings  # noqa: E402
-from notifier.db import make_engine, session_factory, transaction  # noqa: E402
-from notifier.demo import bundled_feed, generate  # noqa: E402
-from notifier.feeds import cap  # noqa: E402
-from notifier.migrate import upgrade  # noqa: E402
-from notifier.models import Notification, Offer  # noqa: E402
-from notifier.paths import rules_dir  # noqa: E402
-from notifier.pipeline import ingest, plan_pending, process_new_items  # noqa: E402
-from notifier.reminders import Due, due_reminders, queue_reminders, reminder_key  # noqa: E402
-from notifier.rules import load_rules  # noqa: E402
+from notifier.broadcasts.lifecycle import plan_broadcast
+from notifier.store.settings import load_settings
+from notifier.store.db import make_engine, session_factory, transaction
+from notifier.ops.demo import bundled_feed, generate
+from notifier.feeds import cap
+from notifier.store.migrate import upgrade
+from notifier.store.models import Notification, Offer
+from notifier.store.paths import rules_dir
+from notifier.ops.pipeline import ingest, plan_pending, process_new_items
+from notifier.aftercare.reminders import Due, due_reminders, queue_reminders, reminder_key
+from notifier.rules.engine import load_rules
 from tests.conftest import DEMO_NOW  # noqa: E402
 
 LEAD = timedelta(minutes=30)  # the run happens this long before the offers' deadline (inside the 180 min lead)

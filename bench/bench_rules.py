@@ -23,10 +23,10 @@ from shapely.geometry import Point, Polygon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from notifier.feeds import Area, Observation  # noqa: E402
-from notifier.paths import rules_dir  # noqa: E402
-from notifier.rules import (Network, PortRef, SailingRef, Scene, _check, _delay, _impacts, _overlaps,  # noqa: E402
-                            decisive_impacts, evaluate, haversine_km, load_rule_set, normalise_zone)
+from notifier.feeds import Area, Observation
+from notifier.store.paths import rules_dir
+from notifier.rules.engine import (Network, PortRef, SailingRef, Scene, _check, _delay, _impacts, _overlaps,
+                                   decisive_impacts, evaluate, haversine_km, load_rule_set, normalise_zone)
 
 START = datetime(2026, 9, 14, tzinfo=UTC)
 EVENTS = ["Typhoon Warning", "Tropical Storm Warning", "Gale Warning", "Storm Warning", "Typhoon Watch",

@@ -37,11 +37,11 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 import scale_network  # noqa: E402
 from baseline_satisfaction import old_queue_requests  # noqa: E402
 from bench_reminders import plan_typhoon, settings_for, timed  # noqa: E402
-from notifier.db import make_engine, session_factory, transaction  # noqa: E402
-from notifier.followups import affected_bookings, refresh  # noqa: E402
-from notifier.models import Disruption, Notification, Offer, SatisfactionRequest  # noqa: E402
-from notifier.planning import NOTICE_COLUMNS  # noqa: E402
-from notifier.satisfaction import OFFER_KINDS, queue_requests, resolved_disruptions  # noqa: E402
+from notifier.store.db import make_engine, session_factory, transaction
+from notifier.aftercare.followups import affected_bookings, refresh
+from notifier.store.models import Disruption, Notification, Offer, SatisfactionRequest
+from notifier.planning.writer import NOTICE_COLUMNS
+from notifier.aftercare.satisfaction import OFFER_KINDS, queue_requests, resolved_disruptions
 
 AFTER_CLEARING = timedelta(minutes=5)
 REQUEST_FIELDS = ("customer_id", "booking_id", "disruption_id", "sailing_id", "channel", "requested_at")

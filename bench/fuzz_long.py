@@ -100,7 +100,10 @@ def run_atheris(target: str, seconds: int) -> bool:
 
 def checked_parse(target: str, data: bytes) -> None:
     """Parse as the target does; anything but FeedParseError, or an observation that would not store, raises."""
-    from notifier.feeds import FeedParseError, Observation, atom, cap, gtfs_rt
+    from notifier.feeds import atom
+    from notifier.feeds import cap
+    from notifier.feeds import gtfs_rt
+    from notifier.feeds import FeedParseError, Observation
     from notifier.feeds.sniff import parse_any
 
     parsers = {"cap": lambda: cap.parse(data, source="fuzz"), "atom": lambda: atom.parse(data),
@@ -130,13 +133,13 @@ def worker(target: str, libfuzzer_args: list[str]) -> None:
     sys.path.insert(0, str(CHECKOUT))
     with atheris.instrument_imports(include=["notifier", "defusedxml"]):
         # Imported here, before `checked_parse` needs them, so that libFuzzer sees their branches.
-        import notifier.feeds.atom  # noqa: F401
-        import notifier.feeds.cap  # noqa: F401
-        import notifier.feeds.dcsa  # noqa: F401
-        import notifier.feeds.gtfs_rt  # noqa: F401
-        import notifier.feeds.nws  # noqa: F401
-        import notifier.feeds.port_status  # noqa: F401
-        import notifier.feeds.sniff  # noqa: F401
+        import notifier.feeds.atom
+        import notifier.feeds.cap
+        import notifier.feeds.dcsa
+        import notifier.feeds.gtfs_rt
+        import notifier.feeds.nws
+        import notifier.feeds.port_status
+        import notifier.feeds.sniff
     atheris.Setup([sys.argv[0], *libfuzzer_args], lambda data: checked_parse(target, data))
     atheris.Fuzz()
 

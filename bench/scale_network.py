@@ -27,11 +27,11 @@ from sqlalchemy import create_engine, insert, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from notifier.contacts import check_contacts  # noqa: E402
-from notifier.db import make_engine, session_factory  # noqa: E402
-from notifier.demo import PORTS  # noqa: E402
-from notifier.migrate import upgrade  # noqa: E402
-from notifier.models import Booking, Customer, Port, Route, Sailing, SailingCapacity  # noqa: E402
+from notifier.planning.contacts import check_contacts
+from notifier.store.db import make_engine, session_factory
+from notifier.ops.demo import PORTS
+from notifier.store.migrate import upgrade
+from notifier.store.models import Booking, Customer, Port, Route, Sailing, SailingCapacity
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 FORMAT = 5  # bump when the generated data changes: cached builds of another format are not reused

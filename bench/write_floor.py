@@ -36,8 +36,8 @@ TABLES = ("offers", "notifications")
 
 def planned_database(folder: Path) -> tuple[Path, float]:
     """The scale database with the typhoon planned into it, and the planner's own time."""
-    from notifier.broadcasts import plan_broadcast
-    from notifier.db import make_engine, session_factory
+    from notifier.broadcasts.lifecycle import plan_broadcast
+    from notifier.store.db import make_engine, session_factory
 
     target = folder / "planned.db"
     shutil.copyfile(scale_network.cached_master(), target)

@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import pool
 
-from notifier.db import make_engine
-from notifier.models import Base
+from notifier.store.db import make_engine
+from notifier.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -25,12 +25,12 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from . import audit
-from .entitlements import notice_lines
-from .messages import local_time, money
-from .models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Port, Sailing, utcnow
-from .offers import candidates_for, release_many
-from .rules import STRENGTH, Impact
+from notifier.store import audit
+from notifier.rules.entitlements import notice_lines
+from notifier.messages import local_time, money
+from notifier.store.models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Port, Sailing, utcnow
+from notifier.planning.offers import candidates_for, release_many
+from notifier.rules.engine import STRENGTH, Impact
 
 LIVE = ("active", "superseded")
 OFFER_KINDS = ("cancelled", "delayed", "port_omitted")

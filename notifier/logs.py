@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .privacy import redact
+from notifier.privacy import redact
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Libraries that log request URLs (a Twilio look-up carries To=<number>), request data or SQL parameters.

@@ -24,8 +24,8 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, Undefine
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from . import NotifierError
-from .paths import templates_dir
+from notifier.errors import NotifierError
+from notifier.store.paths import templates_dir
 
 # GSM 03.38 basic character set; the extension table costs two septets per character (escape + char).
 GSM7_BASIC = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"

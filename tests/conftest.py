@@ -1,31 +1,63 @@
 """Shared fixtures: a migrated database (SQLite file by default, PostgreSQL where NOTIFIER_TEST_POSTGRES_URL is
-set and a test asks for it), settings pointing at a temporary outbox, and the demo network."""
+set and a test asks for it), settings pointing at a temporary outbox, the demo network, and the feed files
+(tests/fixtures/feeds, else ../shared/feeds; a test whose file is in neither skips saying why)."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from notifier.config import load_settings
-from notifier.db import make_engine, session_factory
-from notifier.migrate import upgrade
+from notifier.store.settings import load_settings
+from notifier.store.db import make_engine, session_factory
+from notifier.store.migrate import upgrade
 
-SHARED_FEEDS = Path(__file__).resolve().parents[2] / "shared" / "feeds"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FEED_FIXTURES = FIXTURES / "feeds"
+SHARED_FEEDS = Path(os.environ.get("NOTIFIER_SHARED_FEEDS") or Path(__file__).resolve().parents[2] / "shared" / "feeds")
 # A fixed "now" for tests that build the demo network: times in assertions stay readable.
 DEMO_NOW = datetime(2026, 9, 14, 0, 0, tzinfo=UTC)
 
 
-def shared_feeds() -> Path:
-    """The real feed files beside the checkout; tests that need them skip when they are absent."""
+def shared_feeds_folder() -> Path:
+    """The real feed files beside the checkout (../shared/feeds, or $NOTIFIER_SHARED_FEEDS); a test that needs
+    them skips, saying so, when they are absent."""
     if not SHARED_FEEDS.is_dir():
-        pytest.skip(f"real feed files not present at {SHARED_FEEDS} (they live outside the repository)")
+        pytest.skip(f"the shared feeds folder {SHARED_FEEDS} is absent (set NOTIFIER_SHARED_FEEDS to use another)")
     return SHARED_FEEDS
+
+
+@pytest.fixture
+def shared_feeds() -> Path:
+    """The shared feeds folder, or a skip saying it is absent."""
+    return shared_feeds_folder()
+
+
+def find_feed(relative: str) -> Path | None:
+    """The fixture copy of a feed file (tests/fixtures/feeds, where its licence allows copying), else the shared
+    original, else None."""
+    for base in (FEED_FIXTURES, SHARED_FEEDS):
+        if (base / relative).is_file():
+            return base / relative
+    return None
+
+
+@pytest.fixture
+def feed_file() -> Callable[[str], bytes]:
+    """Load a feed file by its path under feeds/ (e.g. 'dcsa/ovs-300-response.json'), skipping when absent."""
+
+    def load(relative: str) -> bytes:
+        path = find_feed(relative)
+        if path is None:
+            pytest.skip(f"{relative} is not copied into tests/fixtures/feeds (licence) and {SHARED_FEEDS} is absent")
+        return path.read_bytes()
+
+    return load
 
 
 @pytest.fixture
@@ -54,7 +86,7 @@ def factory(engine):
 @pytest.fixture
 def demo_db(factory):
     """The demo network with 600 bookings around DEMO_NOW."""
-    from notifier.demo import generate
+    from notifier.ops.demo import generate
 
     network = generate(factory, 600, DEMO_NOW)
     return network
@@ -82,7 +114,8 @@ def postgres_url():
 def writer_processes(monkeypatch):
     """Every broadcast is planned with a writer process (planning.WriterProcess, SQLite's way at scale), waited
     for (not raced) before the first chunk; the list holds the WriterProcess objects made."""
-    from notifier import broadcasts, planning
+    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.planning import writer as planning
 
     made = []
     real_init = planning.WriterProcess.__init__

@@ -9,11 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from notifier.disruptions import (DELAY_CHANGE_MINUTES, apply_impacts, clear, expire, lineage_keys, reconcile,
-                                  withdraw)
-from notifier.models import Disruption, DisruptionSource, Notification, Offer, Sailing, SailingCapacity
-from notifier.rules import Impact
-from tests.test_rules import Builder
+from notifier.disruptions import DELAY_CHANGE_MINUTES, apply_impacts, clear, expire, lineage_keys, reconcile, withdraw
+from notifier.store.models import Disruption, DisruptionSource, Notification, Offer, Sailing, SailingCapacity
+from notifier.rules.engine import Impact
+from tests.rules.test_engine import Builder
 
 NOW = datetime(2026, 9, 14, 0, 0, tzinfo=UTC)
 A, B = "met,alert-a", "met,alert-b"

@@ -11,7 +11,7 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from notifier.models import Base
+from notifier.store.models import Base
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,15 +25,15 @@ from twilio.request_validator import RequestValidator
 from cli import main
 from notifier.channels.file import FileEmailChannel
 from notifier.channels.twilio_sms import TwilioSmsChannel
-from notifier.db import transaction
-from notifier.dispatch import Dispatcher
+from notifier.store.db import transaction
+from notifier.delivery.dispatch import Dispatcher
 from notifier.logs import RedactContacts, setup_logging
-from notifier.models import (AuditEntry, Booking, Customer, CustomerResponse, DeliveryAttempt, FeedError,
-                             Notification, OptOut, Sailing, utcnow)
-from notifier.web import create_app
+from notifier.store.models import (AuditEntry, Booking, Customer, CustomerResponse, DeliveryAttempt, FeedError,
+                                   Notification, OptOut, Sailing, utcnow)
+from notifier.web.app import create_app
 from tests.standins.fixtures import provider_settings
 from tests.standins.twilio_standin import Fault, TwilioStandIn
-from tests.test_pipeline import run_pipeline
+from tests.ops.test_pipeline import run_pipeline
 
 CJK_RUN = re.compile(r"[\u3400-\u9fff]{2,}")
 DIGIT_RUN = re.compile(r"\d(?:[\d \-.()/]*\d)?")
@@ -319,7 +319,7 @@ def test_database_errors_carry_no_parameters(factory, demo_db):
 def test_purge_removes_old_personal_data_keeps_recent_data_figures_and_audit(factory, demo_db, tmp_settings):
     run_pipeline(factory, tmp_settings, demo_db.epoch)
     from notifier.channels.file import FileSmsChannel
-    from notifier.dispatch import dispatch_all
+    from notifier.delivery.dispatch import dispatch_all
 
     dispatch_all(factory, tmp_settings, {"sms": FileSmsChannel(tmp_settings.outbox_dir),
                                          "email": FileEmailChannel(tmp_settings.outbox_dir, "n@x")})

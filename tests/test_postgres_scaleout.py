@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from notifier.db import make_engine, session_factory, transaction
-from notifier.demo import bundled_feed, generate
-from notifier.models import AuditEntry, Broadcast, FeedItem, Notification, WatcherHeartbeat
-from notifier.watcher import AdvisoryLeadership
+from notifier.store.db import make_engine, session_factory, transaction
+from notifier.ops.demo import bundled_feed, generate
+from notifier.store.models import AuditEntry, Broadcast, FeedItem, Notification, WatcherHeartbeat
+from notifier.ops.watcher import AdvisoryLeadership
 from tests.standins.fixtures import SENDER, seed_sms_broadcast
 from tests.standins.smtp_relay import Relay
 from tests.standins.twilio_standin import ACCOUNT_SID, AUTH_TOKEN, TwilioStandIn
-from tests.test_polling import FeedServer, atom_index
+from tests.ops.test_polling import FeedServer, atom_index
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDED = 1200  # SMS already queued when the processes start: long enough to kill a dispatcher mid-broadcast

@@ -31,15 +31,15 @@ from sqlalchemy import Engine, event, func, select, text, update
 from sqlalchemy.pool import NullPool
 
 from cli import main
-from notifier import db as notifier_db
+from notifier.store import db as notifier_db
 from notifier.channels.file import FileEmailChannel, FileSmsChannel
-from notifier.config import FeedSource
-from notifier.db import DatabaseError, make_engine, session_factory
-from notifier.dispatch import dispatch_all
-from notifier.models import DeliveryAttempt, FeedError, FeedItem, FeedSourceState, Notification
-from notifier.polling import poll_source
+from notifier.store.settings import FeedSource
+from notifier.store.db import DatabaseError, make_engine, session_factory
+from notifier.delivery.dispatch import dispatch_all
+from notifier.store.models import DeliveryAttempt, FeedError, FeedItem, FeedSourceState, Notification
+from notifier.ops.polling import poll_source
 from tests.standins.fixtures import queue_notice, seed_sms_broadcast
-from tests.test_responses import factory, planned_template  # noqa: F401
+from tests.aftercare.test_responses import factory, planned_template  # noqa: F401
 
 FETCH_THREAD = "notifier-feed-fetch"
 
@@ -345,7 +345,7 @@ def test_a_postgresql_backend_terminated_mid_transaction_is_retried(planned_post
                 other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             killed.append(pid)
 
-    caplog.set_level(logging.WARNING, logger="notifier.dispatch")
+    caplog.set_level(logging.WARNING, logger="notifier.delivery.dispatch")
     event.listen(engine, "before_cursor_execute", terminate_mid_transaction)
     try:
         stats = dispatch_all(pg_factory, settings, file_channels(settings))

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import Channel
+from notifier.store.settings import Settings
+from notifier.channels.base import Channel
 
 
 def channels_for(settings: Settings) -> dict[str, Channel]:
     """The channel per kind ("sms", "email"): Twilio / SMTP when configured, else the file outbox."""
-    from .file import FileEmailChannel, FileSmsChannel
+    from notifier.channels.file import FileEmailChannel, FileSmsChannel
 
     chosen: dict[str, Channel] = {"sms": FileSmsChannel(settings.outbox_dir),
                                   "email": FileEmailChannel(settings.outbox_dir, settings.smtp_from)}
     if settings.sms_configured:
-        from .twilio_sms import TwilioSmsChannel
+        from notifier.channels.twilio_sms import TwilioSmsChannel
 
         chosen["sms"] = TwilioSmsChannel(settings)
     if settings.smtp_configured:
-        from .smtp_email import SmtpEmailChannel
+        from notifier.channels.smtp_email import SmtpEmailChannel
 
         chosen["email"] = SmtpEmailChannel(settings)
     return chosen

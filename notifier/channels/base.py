@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Protocol
 
-from ..messages import sms_segments
+from notifier.messages import sms_segments
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import BinaryIO
 
-from ..models import utcnow
-from .base import Message, SendResult
+from notifier.store.models import utcnow
+from notifier.channels.base import Message, SendResult
 
 # Python folds a header longer than 78 characters by breaking right after "Subject:", which some readers show
 # as a subject starting with a space; RFC 5322 allows lines up to 998 characters.

@@ -15,10 +15,10 @@ import smtplib
 import ssl
 import threading
 
-from ..config import Settings
-from ..ratelimit import rate_for
-from .base import Message, SendResult
-from .file import build_email
+from notifier.store.settings import Settings
+from notifier.delivery.ratelimit import rate_for
+from notifier.channels.base import Message, SendResult
+from notifier.channels.file import build_email
 
 RELAY_SETUP_CODES = {530, 534, 535, 538}  # RFC 4954 / 3207: authentication or encryption required
 

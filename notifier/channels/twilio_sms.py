@@ -26,11 +26,11 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from ..config import Settings
-from ..logs import guard_library_loggers
-from ..privacy import redact
-from ..ratelimit import rate_for
-from .base import Message, SendResult
+from notifier.store.settings import Settings
+from notifier.logs import guard_library_loggers
+from notifier.privacy import redact
+from notifier.delivery.ratelimit import rate_for
+from notifier.channels.base import Message, SendResult
 
 TWILIO_HOST = re.compile(r"^https://[^/]+\.twilio\.com")
 RATE_LIMITED_CODES = {20429}

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import NotifierError, escape_unprintable
+from notifier.errors import NotifierError, escape_unprintable
 
 # Every input is capped before parsing; the fetcher enforces the same cap on the wire.
 MAX_FEED_BYTES = 5_000_000

@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from xml.etree.ElementTree import Element, SubElement
 
-from . import Area, FeedParseError, Observation
-from .cap import MSG_TYPES, _area, alert_to_observation, child, children, local_name, parse_time, parse_xml, text
+from notifier.feeds import Area, FeedParseError, Observation
+from notifier.feeds.cap import (MSG_TYPES, _area, alert_to_observation, child, children, local_name, parse_time,
+                                parse_xml, text)
 
 ATOM_NAMESPACE = "http://www.w3.org/2005/Atom"
 

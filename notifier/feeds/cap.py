@@ -13,7 +13,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from . import MAX_FEED_BYTES, Area, FeedParseError, Observation
+from notifier.feeds import MAX_FEED_BYTES, Area, FeedParseError, Observation
 
 CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
                   "http://www.incident.com/cap/1.0")

@@ -21,9 +21,9 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from . import FeedParseError, Observation
-from .port_status import is_locode
-from .sniff import iso, load_json, parse_time
+from notifier.feeds import FeedParseError, Observation
+from notifier.feeds.port_status import is_locode
+from notifier.feeds.sniff import iso, load_json, parse_time
 
 # SMDG delay reason codes, as curated by DCSA (DCSA-Information-Model smdgdelayreasoncodes.csv, CC0-1.0).
 SMDG_DELAY_REASONS = {

@@ -30,8 +30,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from .. import NotifierError, __version__
-from . import MAX_FEED_BYTES
+from notifier.errors import NotifierError
+from notifier import __version__
+from notifier.feeds import MAX_FEED_BYTES
 
 USER_AGENT = f"notifier/{__version__} (disruption broadcaster for shipping lines)"
 CHUNK_BYTES = 65_536

@@ -20,8 +20,8 @@ from typing import Any
 from google.protobuf import message, text_format
 from google.transit import gtfs_realtime_pb2 as gtfs
 
-from . import FeedParseError, Observation
-from .sniff import GTFS_RT_TEXT, check_size, iso
+from notifier.feeds import FeedParseError, Observation
+from notifier.feeds.sniff import GTFS_RT_TEXT, check_size, iso
 
 TRIP_RELATIONSHIP = gtfs.TripDescriptor.ScheduleRelationship
 # Plain ints: the enum wrapper's attribute lookup is slow in the per-stop loop.

@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from . import MAX_FEED_BYTES, FeedParseError, Observation, check_storable
+from notifier.feeds import MAX_FEED_BYTES, FeedParseError, Observation, check_storable
 
 FORMATS = ("cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status")
 # How much of the body sniffing looks at: enough for an XML prolog with comments, or a JSON object's first keys.
@@ -203,7 +203,12 @@ def parse_any(data: bytes, format: str | None = None, source: str = "", filename
 
 def _parsers() -> dict[str, Any]:
     # Imported here, not at the top, because every JSON parser imports this module's helpers.
-    from . import atom, cap, dcsa, gtfs_rt, nws, port_status
+    from notifier.feeds import atom
+    from notifier.feeds import cap
+    from notifier.feeds import dcsa
+    from notifier.feeds import gtfs_rt
+    from notifier.feeds import nws
+    from notifier.feeds import port_status
 
     def cap_parse(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:
         return cap.parse(data, source)

@@ -13,14 +13,14 @@ import pytest
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from notifier.config import load_settings
-from notifier.db import make_engine, session_factory
-from notifier.demo import generate
-from notifier.migrate import upgrade
-from notifier.models import Booking, Notification, Offer, SailingCapacity
-from notifier.web import create_app
+from notifier.store.settings import load_settings
+from notifier.store.db import make_engine, session_factory
+from notifier.ops.demo import generate
+from notifier.store.migrate import upgrade
+from notifier.store.models import Booking, Notification, Offer, SailingCapacity
+from notifier.web.app import create_app
 from tests.conftest import DEMO_NOW
-from tests.test_responses import NOW, offers_of, plan_typhoon
+from tests.aftercare.test_responses import NOW, offers_of, plan_typhoon
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from notifier.feeds import FeedParseError, atom, cap
+from notifier.feeds import atom
+from notifier.feeds import cap
+from notifier.feeds import FeedParseError
 
 
 def test_index_of_the_nws_atom_lists_the_entry_with_its_cap_link(feed_file):

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from notifier.feeds import FeedParseError, cap
+from notifier.feeds import cap
+from notifier.feeds import FeedParseError
 
 
 def test_severe_thunderstorm_warning_with_polygon_and_repeated_geocodes(feed_file):

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from notifier.feeds import FeedParseError, dcsa
+from notifier.feeds import dcsa
+from notifier.feeds import FeedParseError
 
 
 def test_ovs_schedule_gives_one_port_call_per_transport_call(feed_file):

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from notifier import NotifierError
+from notifier.errors import NotifierError
 from notifier.feeds.fetch import FeedFetchError, fetch
 
 LAST_MODIFIED = "Wed, 24 Sep 2025 01:00:00 GMT"

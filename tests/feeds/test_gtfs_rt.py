@@ -9,7 +9,8 @@ import pytest
 from google.protobuf import text_format
 from google.transit import gtfs_realtime_pb2
 
-from notifier.feeds import FeedParseError, gtfs_rt
+from notifier.feeds import gtfs_rt
+from notifier.feeds import FeedParseError
 
 TRIP_UPDATES = "handmade/harbour-ferry-trip-updates.asciipb"
 ALERTS = "handmade/harbour-ferry-alerts.asciipb"

@@ -18,7 +18,13 @@ from google.transit import gtfs_realtime_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notifier.feeds import FeedParseError, MAX_FEED_BYTES, atom, cap, dcsa, gtfs_rt, nws, port_status
+from notifier.feeds import atom
+from notifier.feeds import cap
+from notifier.feeds import dcsa
+from notifier.feeds import gtfs_rt
+from notifier.feeds import nws
+from notifier.feeds import port_status
+from notifier.feeds import FeedParseError, MAX_FEED_BYTES
 from notifier.feeds.sniff import parse_any
 
 PARSERS = {"cap": cap.parse, "atom": atom.parse, "nws": nws.parse, "dcsa": dcsa.parse,

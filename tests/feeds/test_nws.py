@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from notifier.feeds import FeedParseError, nws
+from notifier.feeds import nws
+from notifier.feeds import FeedParseError
 
 CAPTURE = "nws-geojson/weather-gov-load-testing-ioc/active__status=actual.json"
 NOW = datetime(2026, 3, 4, 18, 0, tzinfo=UTC)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from notifier.feeds import FeedParseError, port_status
+from notifier.feeds import port_status
+from notifier.feeds import FeedParseError
 
 HEADER = b"locode,status,reason,from,until,source\n"
 

@@ -9,8 +9,8 @@ from email_validator import validate_email
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from notifier.audience import can_take_sms, normalise_email, normalise_phone
-from notifier.models import Customer, Notification
+from notifier.planning.audience import can_take_sms, normalise_email, normalise_phone
+from notifier.store.models import Customer, Notification
 from tests.fuzz.budget import fuzz
 from tests.fuzz.hostile import EMAILS, PHONES
 

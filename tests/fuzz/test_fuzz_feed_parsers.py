@@ -25,9 +25,15 @@ from google.transit import gtfs_realtime_pb2 as gtfs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier.feeds import FeedParseError, Observation, atom, cap, dcsa, gtfs_rt, nws, port_status
+from notifier.feeds import atom
+from notifier.feeds import cap
+from notifier.feeds import dcsa
+from notifier.feeds import gtfs_rt
+from notifier.feeds import nws
+from notifier.feeds import port_status
+from notifier.feeds import FeedParseError, Observation
 from notifier.feeds.sniff import parse_any
-from notifier.models import FeedItem
+from notifier.store.models import FeedItem
 from tests.fuzz.budget import fuzz
 from tests.fuzz.hostile import SNIPPETS, hostile_text
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from sqlalchemy import String, create_engine, func, select
 from sqlalchemy.orm import Session
 
-from notifier import NotifierError
-from notifier.gtfs_import import import_gtfs
-from notifier.models import Base, Port, Route, Sailing
+from notifier.errors import NotifierError
+from notifier.intake.gtfs import import_gtfs
+from notifier.store.models import Base, Port, Route, Sailing
 from tests.fuzz.budget import fuzz
 from tests.fuzz.hostile import hostile_text
 

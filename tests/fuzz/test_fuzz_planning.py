@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 from markupsafe import escape
 from sqlalchemy import func, select, update
 
-from notifier import NotifierError
-from notifier.audience import can_take_sms, normalise_phone
-from notifier.broadcasts import BroadcastRequest, clean_reason, create_manual
-from notifier.config import load_settings
-from notifier.db import make_engine, session_factory
-from notifier.demo import generate
-from notifier.migrate import upgrade
-from notifier.models import Booking, Customer, Notification, Sailing
+from notifier.errors import NotifierError
+from notifier.planning.audience import can_take_sms, normalise_phone
+from notifier.broadcasts.lifecycle import BroadcastRequest, clean_reason, create_manual
+from notifier.store.settings import load_settings
+from notifier.store.db import make_engine, session_factory
+from notifier.ops.demo import generate
+from notifier.store.migrate import upgrade
+from notifier.store.models import Booking, Customer, Notification, Sailing
 from tests.conftest import DEMO_NOW
 from tests.fuzz.budget import fuzz
 from tests.fuzz.hostile import EMAILS, PHONES, hostile_text

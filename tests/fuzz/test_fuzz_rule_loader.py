@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notifier.messages import available_templates
-from notifier.paths import rules_dir
-from notifier.rules import OPERATORS, RuleError, load_rule_set
+from notifier.store.paths import rules_dir
+from notifier.rules.engine import OPERATORS, RuleError, load_rule_set
 from tests.fuzz.budget import fuzz
 from tests.fuzz.hostile import hostile_text
 

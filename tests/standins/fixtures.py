@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from notifier.config import Settings
-from notifier.models import Broadcast, Customer, Notification, utcnow
+from notifier.store.settings import Settings
+from notifier.store.models import Broadcast, Customer, Notification, utcnow
 from tests.standins.smtp_relay import Relay
 from tests.standins.twilio_standin import ACCOUNT_SID, AUTH_TOKEN, TwilioStandIn
 

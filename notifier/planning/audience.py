@@ -1,0 +1,128 @@
+"""Disrupted sailings -> bookings -> recipients: which channel, which address, which language.
+
+A booking without a usable contact is not dropped silently: it comes back with the reason, so the preview and
+the follow-up worklist can show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Set as AbstractSet
+from dataclasses import dataclass
+from functools import partial
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from notifier.store.models import Booking, Customer, OptOut
+
+SMS_CAPABLE = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+AUDIENCE_KINDS = {"passengers": {"passenger"}, "shippers": {"cargo"}, "all": {"passenger", "cargo"}}
+# channel -> (address, "" or why there is no usable one)
+AddressLookup = Callable[[str], tuple[str | None, str]]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One address to tell about one booking."""
+
+    booking_id: int
+    customer_id: int
+    channel: str
+    address: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """A booking (or one of its channels) that cannot be told, and why."""
+
+    booking_id: int
+    booking_ref: str
+    channel: str
+    reason: str
+
+
+def normalise_phone(raw: str | None, default_region: str | None = None) -> str | None:
+    """E.164 form of a phone number, or None when it is not a valid number."""
+    if not raw:
+        return None
+    try:
+        number = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def can_take_sms(e164: str) -> bool:
+    """True for numbers that can receive SMS (mobiles, and numbers the plan cannot tell apart from one)."""
+    try:
+        return phonenumbers.number_type(phonenumbers.parse(e164)) in SMS_CAPABLE
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def normalise_email(raw: str | None) -> str | None:
+    """The normalised address, or None when it is not a deliverable-looking address (no DNS look-up)."""
+    if not raw:
+        return None
+    try:
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError:
+        return None
+
+
+def opted_out(session: Session) -> set[tuple[str, str]]:
+    """Every (channel, address) that asked not to be messaged."""
+    return {(row.channel, row.address) for row in session.scalars(select(OptOut))}
+
+
+def recipients_for(booking: Booking, customer: Customer, channels: list[str], opt_outs: AbstractSet[tuple[str, str]],
+                   respect_opt_out: bool = True, *, address_of: AddressLookup | None = None
+                   ) -> tuple[list[Recipient], list[Unreachable]]:
+    """The recipients for one booking on the wanted channels, and the channels it cannot be reached on.
+    `address_of` gives a channel's (address, reason it is unusable); by default the customer's contact is checked
+    now (`contacts` passes the outcome of a stored check instead)."""
+    address_of = address_of or partial(_address, customer)
+    found, missing = [], []
+    wanted = [c for c in customer.channels if c in channels] or []
+    if not wanted:
+        missing.append(Unreachable(booking.id, booking.ref, ",".join(channels), "customer accepts none of "
+                                   f"the broadcast's channels ({', '.join(channels)})"))
+    for channel in wanted:
+        address, reason = address_of(channel)
+        if address and respect_opt_out and (channel, address) in opt_outs:
+            address, reason = None, "opted out"
+        if address:
+            found.append(Recipient(booking.id, customer.id, channel, address, customer.language))
+        else:
+            missing.append(Unreachable(booking.id, booking.ref, channel, reason))
+    return found, missing
+
+
+def _address(customer: Customer, channel: str) -> tuple[str | None, str]:
+    if channel == "sms":
+        phone = normalise_phone(customer.phone)
+        if phone is None:
+            return None, "no valid phone number" if customer.phone else "no phone number"
+        if not can_take_sms(phone):
+            return None, "phone number cannot take SMS (landline)"
+        return phone, ""
+    email = normalise_email(customer.email)
+    if email is None:
+        return None, "no valid email address" if customer.email else "no email address"
+    return email, ""
+
+
+def booking_ids_page(session: Session, sailing_id: int, audience: str, accessibility: bool | None,
+                     after_id: int, limit: int) -> list[int]:
+    """One page (keyset by id) of live bookings on a sailing for an audience."""
+    kinds = AUDIENCE_KINDS.get(audience, AUDIENCE_KINDS["all"])
+    conditions = [Booking.sailing_id == sailing_id, Booking.status == "confirmed", Booking.kind.in_(kinds),
+                  Booking.id > after_id]
+    if accessibility is not None:
+        conditions.append(Booking.accessibility_needs.is_(accessibility))
+    return list(session.scalars(select(Booking.id).where(*conditions).order_by(Booking.id).limit(limit)))
