@@ -424,10 +424,19 @@ def feeds_lines(healths: list[Any], watchers: list[Any], now: datetime | None = 
                  "stale_after_seconds) to notifier.toml"]
     else:
         rows = [[h.source.name, h.source.format, f"{h.source.poll_seconds}s", h.health, ago(h.last_success_at, now),
-                 h.consecutive_failures, (h.last_error or "")[:60]] for h in healths]
-        lines = table(rows, ["feed", "format", "every", "health", "last success", "failures", "last error"],
-                      indent="")
+                 h.consecutive_failures, h.quarantined, (h.last_error or "")[:60]] for h in healths]
+        lines = table(rows, ["feed", "format", "every", "health", "last success", "failures", "quarantined",
+                             "last error"], indent="")
     return lines + watcher_lines(watchers, now)
+
+
+def quarantine_lines(items: list[Any]) -> list[str]:
+    """The quarantined feed items (a stage failed on them; the items after them went on), newest first."""
+    if not items:
+        return ["quarantined feed items: none"]
+    rows = [[f"#{item.id}", item.source, when(item.processed_at), (item.error or "")[:70]] for item in items]
+    return ([f"quarantined feed items: {len(items)} (fix the cause, then `notifier feeds retry ID`)"]
+            + table(rows, ["item", "feed", "failed at", "why"]))
 
 
 def watcher_lines(watchers: list[Any], now: datetime | None = None) -> list[str]:

@@ -31,6 +31,8 @@ from notifier.planning.audience import AUDIENCE_KINDS, opted_out, recipients_for
 from notifier.broadcasts.lifecycle import (PlanResult, SailingFacts, create_automatic, dedup_key, notice_context,
                                            pending_broadcasts, plan_broadcast)
 from notifier.store.settings import Settings
+from notifier.ops.quarantine import Quarantined, quarantine_item
+from notifier.store.status import ITEM_NEW, ITEM_PROCESSED
 from notifier.store.db import insert_ignore, transaction
 from notifier.disruptions import PENDING, TOLD, Outcome, expire, lineage_keys, reconcile, source_key, withdraw
 from notifier.rules.entitlements import Situation, entitlements_for, notice_priority
@@ -66,6 +68,15 @@ class ProcessResult:
     disruptions_cleared: list[int] = field(default_factory=list)  # ended after customers were told
     broadcast_ids: list[int] = field(default_factory=list)
     outcome: Outcome = field(default_factory=Outcome)
+    quarantined: list[Quarantined] = field(default_factory=list)  # items a stage failed on: skipped, recorded
+
+    def merge(self, other: ProcessResult) -> None:
+        """Add what one committed item did (an item whose transaction failed adds nothing)."""
+        self.matches += other.matches
+        self.disruptions_changed += other.disruptions_changed
+        self.disruptions_cleared += other.disruptions_cleared
+        self.broadcast_ids += other.broadcast_ids
+        self.outcome.merge(other.outcome)
 
 
 def ingest(factory: sessionmaker[Session], observations: list[Observation]) -> IngestResult:
@@ -130,12 +141,18 @@ def process_new_items(factory: sessionmaker[Session], rules: list[Rule] | RuleSe
     result = ProcessResult()
     zone_table = read_zone_table(settings.zone_codes_file) if settings and settings.zone_codes_file else None
     with factory() as session:
-        item_ids = list(session.scalars(select(FeedItem.id).where(FeedItem.status == "new").order_by(FeedItem.id)))
+        item_ids = list(session.scalars(select(FeedItem.id).where(FeedItem.status == ITEM_NEW).order_by(FeedItem.id)))
         network = load_network(session, now, zone_table) if item_ids else None
     for item_id in item_ids:
-        with transaction(factory) as session:
-            _process_item(session, session.get(FeedItem, item_id), _rules_of(rules), network, now, settings,
-                          result)
+        try:
+            with transaction(factory) as session:
+                done = ProcessResult()
+                _process_item(session, session.get(FeedItem, item_id), _rules_of(rules), network, now, settings,
+                              done)
+        except Exception as exc:  # noqa: BLE001 - any failure quarantines this item; the next one goes on
+            result.quarantined.append(quarantine_item(factory, item_id, "rules", exc, now))
+            continue
+        result.merge(done)
         result.items += 1
     return result
 
@@ -157,7 +174,7 @@ def _process_item(session: Session, item: FeedItem, rules: tuple[Rule, ...], net
     result.disruptions_changed += outcome.opened + outcome.promoted + outcome.revised
     result.disruptions_cleared += outcome.cleared
     result.broadcast_ids += announce(session, outcome)
-    item.status, item.processed_at = "processed", now
+    item.status, item.processed_at = ITEM_PROCESSED, now
     audit.record(session, "rules", "feed_item.processed", "feed_item", item.id, source=item.source,
                  external_id=item.external_id, opened=len(outcome.opened), revised=len(outcome.revised),
                  cleared=len(outcome.cleared), superseded=len(outcome.superseded))

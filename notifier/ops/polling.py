@@ -14,7 +14,7 @@ the same poll as its Alert reaches the rules after it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.errors import NotifierError
 from notifier.store.settings import FeedSource, Settings, mask_url
+from notifier.ops.quarantine import quarantined_by_source
 from notifier.store.db import transaction
 from notifier.feeds import FeedParseError, Observation
 from notifier.feeds.fetch import FeedFetchError, FetchResult, fetch
@@ -245,6 +246,7 @@ class SourceHealth:
     last_error: str | None = None
     consecutive_failures: int = 0
     stale_warned_at: datetime | None = None
+    quarantined: int = 0  # its items a stage failed on, waiting for `notifier feeds retry ID`
 
 
 def source_health(factory: sessionmaker[Session], settings: Settings,
@@ -253,7 +255,9 @@ def source_health(factory: sessionmaker[Session], settings: Settings,
     now = now or utcnow()
     with factory() as session:
         states = {s.name: s for s in session.scalars(select(FeedSourceState))}
-    return [_health(source, states.get(source.name), now) for source in settings.feeds]
+        quarantined = quarantined_by_source(session)
+    return [replace(_health(source, states.get(source.name), now), quarantined=quarantined.get(source.name, 0))
+            for source in settings.feeds]
 
 
 def _health(source: FeedSource, state: FeedSourceState | None, now: datetime) -> SourceHealth:

@@ -141,7 +141,8 @@ def run_pipeline(factory: sessionmaker[Session], settings: Settings, rules: list
     plans = plan_pending(factory, settings, now)
     return {"items": processed.items, "disruptions_changed": len(set(processed.disruptions_changed)),
             "disruptions_cleared": len(processed.disruptions_cleared), "broadcasts": processed.broadcast_ids,
-            "notifications_planned": sum(p.notifications for p in plans)}
+            "notifications_planned": sum(p.notifications for p in plans),
+            "quarantined": [q.item_id for q in processed.quarantined]}
 
 
 def queue_ops_email(session: Session, settings: Settings, key: str, subject: str, body: str) -> bool:

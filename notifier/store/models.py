@@ -221,8 +221,10 @@ class FeedItem(Base):
     references: Mapped[list[Any]] = mapped_column(default=list)
     observation: Mapped[dict[str, Any]] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="new")  # new | processed
+    status: Mapped[str] = mapped_column(String(16), default="new")  # new | processed | failed (store/status.py)
     processed_at: Mapped[datetime | None]
+    # Why a stage failed on it ("rules: OverflowError: ..."): the item is quarantined until retried.
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class FeedSourceState(Base):

@@ -1,0 +1,88 @@
+"""Poison input never blocks the line: a feed item that a stage fails on is quarantined — marked failed with
+its reason, recorded as an error of its feed (so `feeds list` and `watch --status` show it) — and the items
+after it go on. `notifier feeds retry ID` puts one back in the queue once the cause is fixed.
+
+Why not retry it on the next tick: an item that failed once on the same code and data fails again, and every
+tick it would be tried first, before the valid warning published after it (the failure issue 16 found).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from notifier.errors import UsageError, escape_unprintable
+from notifier.store import audit
+from notifier.store.db import transaction
+from notifier.store.models import FeedError, FeedItem
+from notifier.store.status import ITEM_FAILED, ITEM_NEW
+
+log = logging.getLogger(__name__)
+
+REASON_MAX = 500
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """One item a stage failed on: which, where, and why."""
+
+    item_id: int
+    source: str
+    stage: str
+    reason: str
+
+
+def reason_of(exc: BaseException) -> str:
+    """One printable line saying what went wrong, short enough for a table cell and a log line."""
+    text = escape_unprintable(f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= REASON_MAX else text[:REASON_MAX - 3] + "..."
+
+
+def quarantine_item(factory: sessionmaker[Session], item_id: int, stage: str, exc: BaseException,
+                    now: datetime) -> Quarantined:
+    """Mark the item failed with its reason and record the failure against its feed, in a transaction of its own
+    (the one that failed has been rolled back)."""
+    reason = reason_of(exc)
+    with transaction(factory) as session:
+        item = session.get(FeedItem, item_id)
+        item.status, item.error, item.processed_at = ITEM_FAILED, f"{stage}: {reason}", now
+        session.add(FeedError(source=item.source, at=now,
+                              message=f"item {item.id} ({escape_unprintable(item.external_id)[:120]}) "
+                                      f"quarantined at {stage}: {reason}"))
+        audit.record(session, "rules", "feed_item.quarantined", "feed_item", item.id, source=item.source,
+                     stage=stage, reason=reason)
+        quarantined = Quarantined(item.id, item.source, stage, reason)
+    log.error("feed item %s from %s quarantined at %s: %s", item_id, quarantined.source, stage, reason)
+    return quarantined
+
+
+def retry_item(factory: sessionmaker[Session], item_id: int, operator: str) -> FeedItem:
+    """Put a quarantined item back in the queue (the next pipeline run takes it first, as the oldest)."""
+    with transaction(factory) as session:
+        item = session.get(FeedItem, item_id)
+        if item is None:
+            raise UsageError(f"no feed item #{item_id}")
+        if item.status != ITEM_FAILED:
+            raise UsageError(f"feed item #{item_id} is {item.status}, not quarantined: nothing to retry")
+        audit.record(session, operator, "feed_item.retried", "feed_item", item.id, previous_error=item.error)
+        item.status, item.error, item.processed_at = ITEM_NEW, None, None
+        session.flush()
+        session.expunge(item)
+    return item
+
+
+def quarantined_by_source(session: Session) -> dict[str, int]:
+    """How many items of each feed are quarantined now."""
+    rows = session.execute(select(FeedItem.source, func.count()).where(FeedItem.status == ITEM_FAILED)
+                           .group_by(FeedItem.source))
+    return {source: count for source, count in rows}
+
+
+def quarantined_items(session: Session, limit: int = 50) -> list[FeedItem]:
+    """The newest quarantined items, for `feeds list` and `watch --status`."""
+    return list(session.scalars(select(FeedItem).where(FeedItem.status == ITEM_FAILED)
+                                .order_by(FeedItem.id.desc()).limit(limit)))
