@@ -21,3 +21,12 @@ def test_readme_opens_with_demo_then_test_command():
 def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert readme_commands()[1] in ci_lines
+
+
+def test_the_layout_section_names_every_room():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rooms = sorted(p.parent.name + "/" for p in (ROOT / "notifier").glob("*/__init__.py"))
+    modules = sorted(p.name for p in (ROOT / "notifier").glob("*.py") if p.name != "__init__.py")
+    missing = [name for name in rooms + modules if not re.search(rf"(^|\s){re.escape(name)}", section, re.M)]
+    assert missing == [], f"README's Layout section does not name {missing}"
