@@ -65,10 +65,11 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def config_show(ctx: click.Context, as_json: bool) -> None:
-    """Every setting in effect, secrets masked."""
+    """Every setting in effect, secrets masked (passwords and tokens inside URLs too)."""
     from notifier.ops.console import config_lines
+    from notifier.store.settings import settings_shown
 
-    shown = settings_from(ctx).masked()
+    shown = settings_shown(settings_from(ctx))
     if as_json:
         shown["feeds"] = [asdict(source) for source in shown["feeds"]]
         click.echo(json.dumps(shown, indent=2, default=str))
