@@ -121,15 +121,22 @@ def note_database(ctx: click.Context, url: str) -> None:
 def open_database(settings: Settings) -> sessionmaker[Session]:
     """A session factory on the configured, migrated database; a SQLite file that does not exist is refused
     instead of being created empty (a command run in the wrong folder)."""
-    from notifier.store.db import DatabaseError, make_engine, require_schema, session_factory
+    from notifier.store.db import make_engine, require_schema, session_factory
+
+    require_database_file(settings)
+    engine = make_engine(settings.database_url)
+    require_schema(engine)
+    return session_factory(engine)
+
+
+def require_database_file(settings: Settings) -> None:
+    """Refuse a SQLite database file that does not exist, before anything opens (and so creates) it empty."""
+    from notifier.store.db import DatabaseError
 
     path = sqlite_file(settings.database_url)
     if path is not None and not path.exists():
         raise DatabaseError(f"no database at {path}: run the command where the database is, point "
                             "NOTIFIER_DATABASE_URL at it, or create it with `notifier db upgrade`")
-    engine = make_engine(settings.database_url)
-    require_schema(engine)
-    return session_factory(engine)
 
 
 def warn_unknown_environment(environ: dict[str, str] | os._Environ[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from notifier.commands.common import echo_lines, open_database, settings_from
+from notifier.commands.common import echo_lines, open_database, require_database_file, settings_from
 
 
 @click.command()
@@ -21,7 +21,9 @@ def dispatch(ctx: click.Context, once: bool) -> None:
             names = ", ".join(f"{kind} via {name}" for kind, name in sorted(channel_names.items()))
             click.echo(f"dispatching ({names}); stop with Ctrl-C or SIGTERM", err=True)
 
-    stats = serve(settings_from(ctx), once, announce)
+    settings = settings_from(ctx)
+    require_database_file(settings)
+    stats = serve(settings, once, announce)
     click.echo(stats.summary())
 
 

@@ -137,9 +137,10 @@ def test_a_mistyped_notifier_variable_is_warned_about_once_with_the_nearest_name
     assert len(warnings) == 1 and "NOTIFIER_PUBLIC_BASE_URL" in warnings[0], result.stderr
 
 
-def test_a_command_in_a_folder_without_a_database_creates_none_and_names_the_path(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", [("broadcast", "list"), ("dispatch", "--once"), ("followups", "list")])
+def test_a_command_in_a_folder_without_a_database_creates_none_and_names_the_path(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
-    result = notifier("broadcast", "list")
+    result = notifier(*command)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "notifier.db" in result.stderr and str(tmp_path) in result.stderr
