@@ -3,24 +3,31 @@
 Plain text a person reads at 3 a.m. and a README can quote: one fact per line, counts before details, times in
 UTC unless they are a sailing's departure (then the port's local time, as the customer sees it). Contacts never
 appear unmasked.
+
+It is one piece, past 500 lines, because it is the one place the console's wording lives: every command prints
+through it, so a phrase reads the same in a preview, a report and a booking card.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.broadcasts.lifecycle import Preview, Progress, finish_sent_broadcasts, progress
+from notifier.broadcasts.lifecycle import CancelResult, Preview, Progress, finish_sent_broadcasts, progress
 from notifier.store.settings import Settings
 from notifier.store.models import utcnow
 from notifier.aftercare.reminders import preview_reminders
+from notifier.ops.polling import PollResult
+from notifier.rules.engine import RuleSet
 
 SETTLED = ("done", "cancelled", "paused", "awaiting_approval", "approved")
 
@@ -247,6 +254,39 @@ def _fields(p: Progress) -> dict[str, Any]:
             "remaining": p.remaining, "rate": p.rate}
 
 
+def dispatch_here(factory: sessionmaker[Session], settings: Settings) -> Callable[[threading.Event], None]:
+    """A dispatcher for `follow` to run in this process until its stop event is set (`broadcast send --wait`)."""
+
+    def run(stop: threading.Event) -> None:
+        from notifier.channels import channels_for
+        from notifier.delivery.dispatch import Dispatcher
+
+        channels = channels_for(settings)
+        dispatcher = Dispatcher(factory, settings, channels)
+        threading.Thread(target=lambda: (stop.wait(), dispatcher.request_stop()), daemon=True).start()
+        try:
+            while not stop.is_set():
+                dispatcher.run(drain=True)
+                stop.wait(max(settings.dispatch_poll_seconds, 0.2))
+        finally:
+            dispatcher.close()
+            for channel in channels.values():
+                channel.close()
+
+    return run
+
+
+def cancelled_lines(broadcast_id: int, result: CancelResult) -> list[str]:
+    """`broadcast cancel`: what was stopped, what had gone out, and how to correct it."""
+    cleared = (f", disruption(s) {', '.join(f'#{d}' for d in result.disruptions_cleared)} cleared (nobody had "
+               "been told)" if result.disruptions_cleared else "")
+    lines = [f"Broadcast #{broadcast_id} cancelled: {result.cancelled} unsent message(s) stopped, "
+             f"{result.told} already sent, {result.holds_released} held place(s) given back{cleared}."]
+    if result.told:
+        lines.append(f"To correct what was sent: notifier broadcast correct {broadcast_id} --reason TEXT")
+    return lines
+
+
 def broadcast_list_lines(rows: Iterable[tuple[Any, Any]]) -> list[str]:
     """`broadcast list`: newest first."""
     table_rows = []
@@ -409,6 +449,13 @@ def audit_lines(entries: Iterable[Any]) -> list[str]:
     return lines or ["no audit entries in that period"]
 
 
+def audit_json_lines(entries: Iterable[Any]) -> list[str]:
+    """`notifier audit --json`: one JSON object per entry."""
+    return [json.dumps({"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "subject_type": e.subject_type,
+                        "subject_id": e.subject_id, "details": e.details}, ensure_ascii=False, default=str)
+            for e in entries]
+
+
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -458,6 +505,37 @@ def watcher_detail_lines(watcher: Any) -> list[str]:
     for job, done in sorted(watcher.details.items()):
         facts = ", ".join(f"{k}={_short(v)}" for k, v in done.items() if k != "at" and v not in (None, [], {}))
         lines.append(f"  {job:<22} {done.get('at', '')[:19]}  {facts}".rstrip())
+    return lines
+
+
+def poll_lines(results: list[PollResult], pipeline: dict[str, Any]) -> list[str]:
+    """`feeds poll --once`: one line per feed, then what the rules made of the new items."""
+    lines = []
+    for result in results:
+        if result.outcome == "error":
+            lines.append(f"{result.source}: error: {result.errors[0]}")
+            continue
+        extra = f"; {len(result.errors)} entry error(s): {result.errors[0]}" if result.errors else ""
+        lines.append(f"{result.source}: {result.outcome}, {result.documents} document(s), {result.observations} "
+                     f"observation(s), {len(result.new_item_ids)} new, {result.duplicates} already seen{extra}")
+    lines.append(f"rules: {pipeline['items']} new item(s), {pipeline['disruptions_changed']} disruption(s) opened or "
+                 f"revised, {pipeline['disruptions_cleared']} cleared, broadcasts {pipeline['broadcasts'] or 'none'}")
+    return lines
+
+
+# --- rules and configuration ------------------------------------------------------------------------------------------
+
+def rule_set_lines(loaded: RuleSet) -> list[str]:
+    """`rules check`: each rule and policy loaded, the loader's notes, and the count."""
+    lines = []
+    for rule in loaded.rules:
+        cites = f"  [{rule.verification}] {rule.citation}" if rule.citation else ""
+        lines.append(f"ok  {rule.id:28} {Path(rule.file).name:22} {rule.then.kind:12}{cites}")
+    for policy in loaded.policies.values():
+        lines.append(f"ok  policy {policy.id:21} {Path(policy.file).name:22} [{policy.verification}] "
+                     f"{policy.citation}")
+    lines += [f"note: {note}" for note in loaded.notes]
+    lines.append(f"{len(loaded.rules)} rule(s) and {len(loaded.policies)} policy(ies) valid")
     return lines
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from notifier.store import audit
 from notifier.store.models import AuditEntry, Booking, Customer, Port, Route, Sailing, SailingCapacity, Vessel
 from notifier.store.paths import demo_data_dir
+from notifier.store.settings import Settings
 
 BUNDLED_FEED = "typhoon_qiongzhou.xml"
 # Links in demo notices need a signing key; the demo has no credentials, so it uses this published one unless
@@ -269,13 +270,6 @@ def _take(slot: _SailingSlot, wanted: dict[str, int]) -> bool:
     return True
 
 
-def load_feed(path: str | None, epoch: datetime) -> tuple[str, bytes]:
-    """The feed to replay: a user's file as it is, or the bundled warning shifted to the demo's epoch."""
-    if path is None:
-        return f"bundled {BUNDLED_FEED}", bundled_feed(epoch)
-    return path, Path(path).read_bytes()
-
-
 def count_bookings(session: Session) -> int:
     """How many bookings the database holds."""
     return session.scalar(select(func.count()).select_from(Booking)) or 0
@@ -305,7 +299,7 @@ class DemoSummary:
     channel_names: dict[str, str] = field(default_factory=dict)
 
 
-def run(settings, bookings: int, feed_path: str | None, now: datetime | None = None) -> DemoSummary:  # noqa: ANN001
+def run(settings: Settings, bookings: int, feed_path: str | None, now: datetime | None = None) -> DemoSummary:
     """Build (once) the demo database, replay the feed through the whole pipeline, and dispatch the outbox."""
     from notifier.channels import channels_for
     from notifier.store.db import make_engine, session_factory
@@ -358,16 +352,17 @@ def run(settings, bookings: int, feed_path: str | None, now: datetime | None = N
 
 
 def _read_user_feed(feed_path: str | None) -> bytes | None:
-    from notifier.errors import NotifierError
-    from notifier.feeds import MAX_FEED_BYTES
+    # A missing or oversized feed file is bad input (exit 2), like a feed that does not parse.
+    from notifier.errors import UsageError
+    from notifier.feeds import MAX_FEED_BYTES, FeedParseError
 
     if feed_path is None:
         return None
     path = Path(feed_path)
     if not path.is_file():
-        raise NotifierError(f"{feed_path}: no such feed file")
+        raise UsageError(f"{feed_path}: no such feed file")
     if path.stat().st_size > MAX_FEED_BYTES:
-        raise NotifierError(f"{feed_path}: {path.stat().st_size} bytes, over the {MAX_FEED_BYTES}-byte feed limit")
+        raise FeedParseError(f"{feed_path}: {path.stat().st_size} bytes, over the {MAX_FEED_BYTES}-byte feed limit")
     return path.read_bytes()
 
 
@@ -391,3 +386,42 @@ def _summarise_plans(factory, summary: DemoSummary, plans, processed) -> None:  
                 Notification.broadcast_id.in_([p.broadcast_id for p in plans])).limit(1))
             if body:
                 summary.samples[language] = body
+
+
+def summary_lines(summary: DemoSummary) -> list[str]:
+    """The demo's report: alert -> sailings -> bookings -> notifications -> outbox."""
+    if summary.network:
+        n = summary.network
+        lines = [f"Built demo network: {n.ports} ports, {n.sailings} sailings, {n.bookings} bookings "
+                 f"({n.customers} customers), around {n.epoch:%Y-%m-%d %H:%M} UTC."]
+    else:
+        lines = ["Reusing the demo network already in this database."]
+    lines += [f"Alert: {observation.headline or observation.event or observation.external_id} "
+              f"[{observation.msg_type}, {observation.severity or 'no severity'}] from {observation.source}"
+              for observation in summary.observations]
+    if summary.duplicates and not summary.new_items:
+        lines.append("This alert was already processed: nothing new to plan or send.")
+    if not summary.sailings and summary.new_items:
+        lines.append("Nothing matched: no rule selected a demo sailing.")
+        lines += [f"  - {reason}" for reason in sorted(set(summary.near_misses))[:5]]
+    if summary.sailings:
+        lines += _affected_lines(summary)
+    lines.append(f"Sent: {summary.sent}, failed: {summary.failed}, retrying later: {summary.retried} "
+                 f"(sms via {summary.channel_names.get('sms')}, email via {summary.channel_names.get('email')})")
+    lines.append(f"Outbox: {summary.outbox}   Database: {summary.database}")
+    for language, body in summary.samples.items():
+        lines += [f"\nSample SMS ({language}):\n  " + body.replace("\n", "\n  ")]
+    return lines
+
+
+def _affected_lines(summary: DemoSummary) -> list[str]:
+    parts = ", ".join(f"{channel} {language}: {count}"
+                      for (channel, language), count in sorted(summary.by_channel_language.items()))
+    lines = [f"Sailings suspended: {len(summary.sailings)} ({', '.join(summary.sailings[:4])}"
+             f"{', ...' if len(summary.sailings) > 4 else ''})",
+             f"Bookings affected: {summary.bookings_affected}",
+             f"Notifications planned: {summary.notifications_planned} ({parts})"]
+    if summary.unreachable:
+        lines.append(f"Without a usable contact on some channel: {len(summary.unreachable)} "
+                     f"(see `notifier followups list`)")
+    return lines

@@ -295,7 +295,11 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     match = re.fullmatch(r"\s*(\d+)\s*([mhd])\s*", text)
     if match:
         unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-        return now - timedelta(**{unit: int(match.group(1))})
+        try:
+            return now - timedelta(**{unit: int(match.group(1))})
+        except OverflowError:
+            raise UsageError(f"--since {text.strip()!r} reaches back before the year 1; give a shorter duration "
+                             "or an ISO 8601 time") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -278,3 +278,30 @@ def load_settings(config_path: str | os.PathLike[str] | None = None, env: dict[s
     for name, raw in values.items():
         coerced[name] = _feed_sources(raw) if name == "feeds" else _coerce(name, raw, getattr(settings, name))
     return replace(settings, **coerced)
+
+
+def settings_shown(settings: Settings) -> dict[str, Any]:
+    """The settings for `config show`: Settings.masked(), and credentials inside every URL-valued setting (a
+    password in https://user:pass@host, a token= or key= query value) masked as well."""
+    shown = settings.masked()
+    for name, value in shown.items():
+        if isinstance(value, str) and ("://" in value or name.endswith("_host")):
+            shown[name] = _url_shown(value)
+    shown["feeds"] = tuple(replace(source, url=_url_shown(source.url)) for source in shown["feeds"])
+    return shown
+
+
+def _url_shown(value: str) -> str:
+    # urlsplit finds the userinfo even when the password holds '@', where mask_url's pattern stops too early;
+    # a host setting without a scheme (user:pass@smtp.example) is read as a network location.
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(value if "://" in value else f"//{value}")
+    except ValueError:
+        return "****"  # not readable as a URL: it may hold anything
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:****@{host}"
+        value = urlunsplit(parts._replace(netloc=netloc)).removeprefix("//")
+    return mask_url(value)
