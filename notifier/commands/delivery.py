@@ -57,13 +57,17 @@ def watch(ctx: click.Context, show_status: bool) -> None:
 
     from notifier.logs import setup_logging
     from notifier.ops import console, watcher
+    from notifier.ops.quarantine import quarantined_items
 
     settings = settings_from(ctx)
     if show_status:
-        states = watcher.watcher_states(open_database(settings), settings)
+        factory = open_database(settings)
+        states = watcher.watcher_states(factory, settings)
         echo_lines(console.watcher_lines(states))
         for state in states[:1]:
             echo_lines(console.watcher_detail_lines(state))
+        with factory() as session:
+            echo_lines(console.quarantine_lines(quarantined_items(session)))
         return
     setup_logging(ctx.obj.get("log_level") or "INFO")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns what matters

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from notifier.commands.common import echo_lines, open_database, settings_from
+from notifier.commands.common import ROW_ID, echo_lines, open_database, operator_option, settings_from
 
 
 @click.group()
@@ -45,13 +45,29 @@ def feeds_inspect(path_or_url: str, feed_format: str, source: str) -> None:
 @click.pass_context
 def feeds_list(ctx: click.Context) -> None:
     """The configured feeds with their health (ok, failing, stale, never polled) and the watcher's heartbeat."""
-    from notifier.ops.console import feeds_lines
+    from notifier.ops.console import feeds_lines, quarantine_lines
     from notifier.ops.polling import source_health
+    from notifier.ops.quarantine import quarantined_items
     from notifier.ops.watcher import watcher_states
 
     settings = settings_from(ctx)
     factory = open_database(settings)
     echo_lines(feeds_lines(source_health(factory, settings), watcher_states(factory, settings)))
+    with factory() as session:
+        echo_lines(quarantine_lines(quarantined_items(session)))
+
+
+@feeds.command("retry")
+@click.argument("item_id", type=ROW_ID)
+@operator_option
+@click.pass_context
+def feeds_retry(ctx: click.Context, item_id: int, operator: str | None) -> None:
+    """Put a quarantined feed item back in the queue once its cause is fixed (the next pipeline run takes it)."""
+    from notifier.ops.quarantine import retry_item
+
+    item = retry_item(open_database(settings_from(ctx)), item_id, operator or "cli")
+    click.echo(f"feed item #{item.id} ({item.source}) is queued again: the watcher's next pipeline run, or "
+               f"`notifier feeds poll --once`, processes it")
 
 
 @feeds.command("poll")

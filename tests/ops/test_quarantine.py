@@ -160,3 +160,28 @@ def test_extreme_cap_messages_never_block_the_pipeline(factory, demo_db, tmp_set
     run_pipeline(factory, tmp_settings, rules, demo_db.epoch)  # raises nothing, whatever the item holds
     with factory() as session:
         assert session.scalar(select(func.count()).select_from(FeedItem).where(FeedItem.status == ITEM_NEW)) == 0
+
+
+def test_the_cli_lists_a_quarantined_item_and_retries_it(factory, demo_db, tmp_settings, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import main
+    from notifier.ops import pipeline
+
+    ingest(factory, cap.parse(cap_alert("bad-one", areas=[polygon(STRAIT)])))
+    monkeypatch.setattr(pipeline, "evaluate", lambda *args, **kwargs: 1 / 0)
+    run_pipeline(factory, tmp_settings, load_rules([rules_dir()]), demo_db.epoch)
+    env = {"NOTIFIER_CONFIG": "", "NOTIFIER_DATABASE_URL": tmp_settings.database_url, "NOTIFIER_OPERATOR": "alice"}
+    with factory() as session:
+        item_id = session.scalar(select(FeedItem.id).where(FeedItem.external_id == "bad-one"))
+
+    listed = CliRunner().invoke(main, ["feeds", "list"], env=env)
+    status = CliRunner().invoke(main, ["watch", "--status"], env=env)
+    retried = CliRunner().invoke(main, ["feeds", "retry", str(item_id)], env=env)
+    again = CliRunner().invoke(main, ["feeds", "retry", str(item_id)], env=env)
+
+    assert listed.exit_code == 0 and f"#{item_id}" in listed.output and "ZeroDivisionError" in listed.output
+    assert status.exit_code == 0 and "quarantined feed items: 1" in status.output
+    assert retried.exit_code == 0 and "queued again" in retried.output
+    assert item_statuses(factory)["bad-one"] == ITEM_NEW
+    assert again.exit_code == 2 and "not quarantined" in again.stderr
