@@ -433,6 +433,12 @@ def _booking_ref(session: Session, item: FollowUp) -> str:
 
 # --- reading the list --------------------------------------------------------------------------------------------
 
+def require_disruption(session: Session, disruption_id: int | None) -> None:
+    """Refuse an unknown disruption id (exit 2) before anything is read or written for it."""
+    if disruption_id is not None and session.get(Disruption, disruption_id) is None:
+        raise UsageError(f"unknown disruption #{disruption_id}")
+
+
 def worklist(session: Session, settings: Settings, disruption_id: int | None = None,
              reasons: tuple[str, ...] = (), include_done: bool = False) -> list[WorkItem]:
     """The follow-ups still to do (and, with include_done, the closed ones), most urgent first: the earliest
@@ -444,8 +450,7 @@ def worklist(session: Session, settings: Settings, disruption_id: int | None = N
     if not include_done:
         query = query.where(FollowUp.status != "done")
     if disruption_id is not None:
-        if session.get(Disruption, disruption_id) is None:
-            raise UsageError(f"unknown disruption #{disruption_id}")
+        require_disruption(session, disruption_id)
         query = query.where(FollowUp.disruption_id == disruption_id)
     if reasons:
         query = query.where(FollowUp.reason.in_(reasons))

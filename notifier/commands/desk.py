@@ -128,6 +128,8 @@ def followups_list(ctx: click.Context, disruption_id: int | None, reasons: tuple
 
     settings = settings_from(ctx)
     factory = open_database(settings)
+    with factory() as session:
+        desk.require_disruption(session, disruption_id)  # refused before the refresh below writes anything
     with transaction(factory) as session:
         desk.refresh(session, settings)
     with factory() as session:

@@ -129,6 +129,13 @@ def test_followups_list_with_a_bogus_reason_exits_2_and_writes_nothing(database)
     assert table_counts(database) == before
 
 
+def test_followups_list_for_an_unknown_disruption_exits_2_and_writes_nothing(database):
+    before = table_counts(database)
+    result = notifier("followups", "list", "--disruption", "424242", NOTIFIER_DATABASE_URL=f"sqlite:///{database}")
+    assert_refused(result, "#424242")
+    assert table_counts(database) == before
+
+
 def test_a_mistyped_notifier_variable_is_warned_about_once_with_the_nearest_name(database):
     result = notifier("audit", NOTIFIER_DATABASE_URL=f"sqlite:///{database}",
                       NOTIFIER_PUBLIC_URL="https://ferry.example")
