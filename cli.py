@@ -488,7 +488,7 @@ def dispatch_in_process(factory, settings):  # noqa: ANN001, ANN201
     import threading
 
     def run(stop: threading.Event) -> None:
-        from notifier.channels import channels_for
+        from notifier.delivery.providers import channels_for
         from notifier.delivery.dispatch import Dispatcher
 
         channels = channels_for(settings)

@@ -1,6 +1,7 @@
 """The channel contract (after Alertmanager's notifiers and Apprise's plugins): `send` returns an outcome that
 says sent, retry, give up, or "the provider may have it" (look before resending); each channel declares its
-limits on the class: what the provider counts (`rate_unit`), which setting holds the rate, and the longest body.
+limits on the class: what the provider counts (`rate_unit`) and the longest body. A channel is given a message and
+its own small provider config, never a session or the settings: delivery builds both.
 """
 
 from __future__ import annotations
@@ -75,10 +76,9 @@ class Channel(Protocol):
     name: ClassVar[str]  # "twilio", "smtp", "file"
     max_length: ClassVar[int]  # characters of body text the provider accepts
     rate_unit: ClassVar[str]  # what the provider's rate counts: "segment" (SMS parts) or "message"
-    rate_setting: ClassVar[str | None]  # the Settings field with the default rate per second; None: unlimited
     reconciles: ClassVar[bool]  # True when `lookup` can really ask the provider (an SMTP relay cannot)
     sender: str  # what the rate applies to: a From number, a Messaging Service SID, an SMTP relay host:port
-    rate_per_second: float | None  # this instance's rate (per-sender override or the default); None: unlimited
+    rate_per_second: float | None  # this sender's rate in this process, from its config; None: unlimited
 
     def send(self, message: Message) -> SendResult:
         """Hand one message to the provider; never raises for provider errors."""

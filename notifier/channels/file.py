@@ -7,13 +7,13 @@ import contextlib
 import json
 import os
 import threading
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import BinaryIO
 
-from notifier.store.models import utcnow
 from notifier.channels.base import Message, SendResult
 
 # Python folds a header longer than 78 characters by breaking right after "Subject:", which some readers show
@@ -28,7 +28,6 @@ class FileSmsChannel:
     name = "file"
     max_length = 1600
     rate_unit = "segment"
-    rate_setting = None
     reconciles = True
     sender = "file"
     rate_per_second = None
@@ -41,7 +40,7 @@ class FileSmsChannel:
         """Append the SMS; a full disk or unwritable folder is a retryable failure, never a lost line."""
         line = json.dumps({"id": f"file-sms-{message.notification_id}", "to": message.recipient,
                            "body": message.body_text, "segments": message.segments,
-                           "at": utcnow().isoformat()}, ensure_ascii=False) + "\n"
+                           "at": datetime.now(UTC).isoformat()}, ensure_ascii=False) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._lock, open(self.path, "ab", buffering=0) as handle:
@@ -97,7 +96,6 @@ class FileEmailChannel:
     name = "file"
     max_length = 1_000_000
     rate_unit = "message"
-    rate_setting = None
     reconciles = True
     sender = "file"
     rate_per_second = None

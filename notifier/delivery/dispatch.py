@@ -741,7 +741,7 @@ def serve(settings: Settings, once: bool, on_start: Callable[[dict[str, str]], N
           ) -> DispatchStats:
     """`notifier dispatch`: send what is due (once), or keep sending until SIGTERM / SIGINT. The first signal
     finishes the messages in flight and records them; a second gives back those still waiting for a send slot."""
-    from notifier.channels import channels_for
+    from notifier.delivery.providers import channels_for
     from notifier.store.db import make_engine, require_schema, session_factory
 
     engine = make_engine(settings.database_url)

@@ -339,7 +339,7 @@ class Watcher:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        from notifier.channels import channels_for
+        from notifier.delivery.providers import channels_for
         from notifier.delivery.dispatch import Dispatcher
         from notifier.store.paths import rules_dir
         from notifier.rules.engine import load_rules

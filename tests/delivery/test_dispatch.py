@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from notifier.channels import channels_for
+from notifier.delivery.providers import channels_for
 from notifier.store.settings import ConfigError
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.delivery.dispatch import Dispatcher, dispatch_all, worker_id

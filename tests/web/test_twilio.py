@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from notifier.channels import channels_for
+from notifier.delivery.providers import channels_for
 from notifier.store.db import transaction
 from notifier.delivery.dispatch import dispatch_all
 from notifier.store.models import AuditEntry, DeliveryAttempt, Notification, OptOut
