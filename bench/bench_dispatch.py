@@ -36,7 +36,7 @@ from notifier.store.settings import load_settings
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.delivery.dispatch import Dispatcher
 from notifier.delivery.providers import twilio_config
-from notifier.messages import sms_segments
+from notifier.channels.segments import sms_segments
 from notifier.store.migrate import upgrade
 from notifier.store.models import Notification, utcnow
 from tests.standins.twilio_standin import ACCOUNT_SID, AUTH_TOKEN  # noqa: E402

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Protocol
 
-from notifier.messages import sms_segments
+from notifier.channels.segments import sms_segments
 
 
 @dataclass(frozen=True)

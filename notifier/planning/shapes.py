@@ -35,8 +35,8 @@ from jinja2 import nodes
 from markupsafe import escape
 
 from notifier.planning import links
-from notifier.messages import (GSM7_BASIC, GSM7_EXTENDED, Rendered, environment, money, render,
-                                      resolve_language, sms_segments)
+from notifier.channels.segments import GSM7_BASIC, GSM7_EXTENDED, sms_segments
+from notifier.messages import Rendered, environment, money, render, resolve_language
 from notifier.store.paths import templates_dir
 
 # Private-use characters: no template, name or reference contains them, and autoescape leaves them alone.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from notifier.messages import GSM7_BASIC, GSM7_EXTENDED, sms_encoding, sms_segments
+from notifier.channels.segments import GSM7_BASIC, GSM7_EXTENDED, sms_encoding, sms_segments
 from notifier.planning.shapes import CLOSE, MARKS, OPEN, TextShape, text_units
 from tests.fuzz.budget import fuzz
 from tests.fuzz.reference import sms_split
