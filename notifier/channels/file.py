@@ -14,14 +14,14 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import BinaryIO
 
-from notifier.channels.base import Message, SendResult
+from notifier.channels.base import Channel, Message, SendResult
 
 # Python folds a header longer than 78 characters by breaking right after "Subject:", which some readers show
 # as a subject starting with a space; RFC 5322 allows lines up to 998 characters.
 EMAIL_POLICY = policy.default.clone(max_line_length=998)
 
 
-class FileSmsChannel:
+class FileSmsChannel(Channel):
     """Appends each SMS as one JSON line to <outbox>/sms.jsonl."""
 
     kind = "sms"
@@ -36,7 +36,7 @@ class FileSmsChannel:
         self.path = Path(outbox_dir) / "sms.jsonl"
         self._lock = threading.Lock()
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Append the SMS; a full disk or unwritable folder is a retryable failure, never a lost line."""
         line = json.dumps({"id": f"file-sms-{message.notification_id}", "to": message.recipient,
                            "body": message.body_text, "segments": message.segments,
@@ -89,7 +89,7 @@ def _line_id(line: str) -> str | None:
         return None
 
 
-class FileEmailChannel:
+class FileEmailChannel(Channel):
     """Writes each email as <outbox>/email/<notification id>.eml (text + HTML multipart)."""
 
     kind = "email"
@@ -104,7 +104,7 @@ class FileEmailChannel:
         self.folder = Path(outbox_dir) / "email"
         self.sender = sender
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Write the .eml atomically (temp file + rename) so a crash never leaves half a message."""
         email = build_email(message, self.sender)
         target = self.folder / f"{message.notification_id}.eml"

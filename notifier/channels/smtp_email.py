@@ -17,7 +17,7 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 
-from notifier.channels.base import Message, SendResult
+from notifier.channels.base import Channel, Message, SendResult
 from notifier.channels.file import build_email
 
 RELAY_SETUP_CODES = {530, 534, 535, 538}  # RFC 4954 / 3207: authentication or encryption required
@@ -43,7 +43,7 @@ class SmtpConfig:
         return f"{self.host}:{self.port}"
 
 
-class SmtpEmailChannel:
+class SmtpEmailChannel(Channel):
     """Email through one SMTP relay; the rate applies per relay."""
 
     kind = "email"
@@ -63,7 +63,7 @@ class SmtpEmailChannel:
         self._connection: smtplib.SMTP | None = None
         self._lock = threading.Lock()  # one connection: one conversation at a time
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Hand the email to the relay; a connection the relay closed is reopened once."""
         email = build_email(message, self.from_address)
         with self._lock:

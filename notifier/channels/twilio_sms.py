@@ -27,7 +27,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from notifier.channels.base import Message, SendResult
+from notifier.channels.base import Channel, Message, SendResult
 from notifier.logs import guard_library_loggers
 from notifier.privacy import redact
 
@@ -123,7 +123,7 @@ def classify(status: int, code: int | None, message: str, retry_after: float | N
     return SendResult.uncertain(code_text, text, retry_after)
 
 
-class TwilioSmsChannel:
+class TwilioSmsChannel(Channel):
     """SMS through Twilio; the sender is a From number or a Messaging Service SID."""
 
     kind = "sms"
@@ -143,7 +143,7 @@ class TwilioSmsChannel:
         self.client = Client(config.account_sid, config.auth_token, http_client=self.http_client)
         self._messages = self.client.api.v2010.account.messages
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Create the message at Twilio; classify any refusal (see the module docstring)."""
         options = {"to": message.recipient, "body": message.body_text}
         if self.messaging_service_sid:

@@ -3,6 +3,8 @@ connection for many messages, a relay that drops the connection, 451 retried, 55
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from notifier.channels.base import Message
@@ -71,6 +73,16 @@ def test_a_temporary_refusal_is_retried_and_a_permanent_one_is_not(channel, rela
     assert (gone.status, gone.code) == ("failed", "550")
     assert "No such user" in gone.reason
     assert fine.status == "sent"  # the refusals left the connection usable
+
+
+def test_a_body_longer_than_the_channel_takes_is_refused_before_the_relay_hears_of_it(channel, relay):
+    huge = dataclasses.replace(notice(), body_text="x" * 1_000_001)
+
+    refused = channel.send(huge)
+
+    assert (refused.status, refused.code) == ("failed", "too-long")
+    assert "at most 1000000" in refused.reason
+    assert relay.received == [] and relay.greetings == 0
 
 
 def test_a_relay_that_is_down_is_a_retry():

@@ -78,7 +78,7 @@ def test_a_server_error_is_uncertain_so_the_dispatcher_looks_before_resending(ch
 
     result = channel.send(notice())
 
-    assert result.status == "uncertain" and result.retryable
+    assert result.status == "uncertain"
     assert channel.lookup(notice()) == []  # nothing was created: a resend is safe
 
 
@@ -108,6 +108,16 @@ def test_any_other_refusal_is_permanent_too(channel, twilio_standin):
                                    "1600 character limit"))
     result = channel.send(notice())
     assert (result.status, result.code) == ("failed", "21617")
+
+
+def test_a_body_longer_than_twilio_takes_is_refused_before_twilio_hears_of_it(channel, twilio_standin):
+    refused = channel.send(notice("x" * 1601))
+    taken = channel.send(notice("x" * 1600))
+
+    assert (refused.status, refused.code) == ("failed", "too-long")
+    assert "1601 characters" in refused.reason and "at most 1600" in refused.reason
+    assert taken.status == "sent"
+    assert [len(m["body"]) for m in twilio_standin.messages] == [1600]
 
 
 def test_lookup_matches_recipient_and_body_only(channel, twilio_standin):

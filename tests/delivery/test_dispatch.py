@@ -179,6 +179,20 @@ def test_a_number_twilio_refuses_fails_at_once_and_the_notice_goes_by_email(fact
     assert PHONE not in str(audit.details) and EMAIL not in str(audit.details)
 
 
+def test_an_sms_too_long_for_twilio_fails_without_a_request_and_goes_by_email(factory, settings, twilio_standin,
+                                                                              relay):
+    with transaction(factory) as session:
+        queue_notice(session, add_customer(session), "sms", "Typhoon: your sailing is cancelled. " * 50)
+    stats = deliver(factory, settings)
+
+    sms, fallback = rows(factory)
+    assert (sms.status, sms.error_code, sms.attempts) == ("failed", "too-long", 1)
+    assert "at most 1600" in sms.error_message
+    assert twilio_standin.messages == []
+    assert (fallback.channel, fallback.status) == ("email", "sent") and len(relay.to(EMAIL)) == 1
+    assert stats.fallbacks == 1
+
+
 def test_a_planned_notice_falls_back_to_its_own_email_template(factory, demo_db, settings, twilio_standin, relay):
     from notifier.ops.demo import bundled_feed
     from notifier.feeds import cap
