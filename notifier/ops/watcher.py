@@ -258,7 +258,7 @@ class Watcher:
 
     def __init__(self, settings: Settings, owner: str | None = None,
                  clock: Callable[[], datetime] = utcnow, jobs: tuple[str, ...] | None = None) -> None:
-        from notifier.delivery.dispatch import worker_id
+        from notifier.delivery.leases import worker_id
 
         self.settings, self.clock = settings, clock
         self.jobs = jobs  # None: every job; `feeds poll` runs only ("poll", "pipeline")

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from notifier.delivery.providers import channels_for
 from notifier.store.settings import ConfigError
 from notifier.store.db import make_engine, session_factory, transaction
-from notifier.delivery.dispatch import Dispatcher, dispatch_all, worker_id
+from notifier.delivery.dispatch import Dispatcher, dispatch_all
+from notifier.delivery.leases import worker_id
 from notifier.store.models import (AuditEntry, Broadcast, DeliveryAttempt, Disruption, Notification, OptOut, Port,
                                    Route, Sailing, utcnow)
 from tests.standins.fixtures import (add_customer, provider_settings, queue_notice, relay,  # noqa: F401
@@ -372,7 +373,7 @@ def test_after_a_crash_a_message_twilio_has_is_recorded_and_a_missing_one_is_sen
         went = queue_notice(session, add_customer(session, phone="+8613800138001"), "sms", "Sailing A cancelled.")
         lost = queue_notice(session, add_customer(session, phone="+8613800138002"), "sms", "Sailing B cancelled.")
     channel = channels_for(settings)["sms"]
-    from notifier.delivery.dispatch import to_message
+    from notifier.delivery.claims import to_message
     with factory() as session:
         sid = channel.send(to_message(session.get(Notification, went.id), settings)).provider_id  # then: kill -9
     abandon_mid_send(factory, [went.id, lost.id])
@@ -392,7 +393,7 @@ def test_two_identical_notices_cut_by_a_crash_are_not_both_taken_as_sent(factory
         first = queue_notice(session, customer, "sms", "Sailing cancelled.")
         second = queue_notice(session, customer, "sms", "Sailing cancelled.")
     channel = channels_for(settings)["sms"]
-    from notifier.delivery.dispatch import to_message
+    from notifier.delivery.claims import to_message
     with factory() as session:
         channel.send(to_message(session.get(Notification, first.id), settings))
     abandon_mid_send(factory, [first.id, second.id])
