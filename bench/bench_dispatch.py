@@ -35,7 +35,8 @@ from notifier.channels.twilio_sms import RedirectingHttpClient, TwilioSmsChannel
 from notifier.store.settings import load_settings
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.delivery.dispatch import Dispatcher
-from notifier.messages import sms_segments
+from notifier.delivery.providers import twilio_config
+from notifier.channels.segments import sms_segments
 from notifier.store.migrate import upgrade
 from notifier.store.models import Notification, utcnow
 from tests.standins.twilio_standin import ACCOUNT_SID, AUTH_TOKEN  # noqa: E402
@@ -89,7 +90,7 @@ def queue_broadcast(settings, count: int, bodies: list[str]) -> None:
 def run_dispatcher(settings) -> tuple[int, float]:
     """Dispatch the whole outbox; (messages sent, seconds)."""
     engine = make_engine(settings.database_url)
-    channels = {"sms": TwilioSmsChannel(settings)}
+    channels = {"sms": TwilioSmsChannel(twilio_config(settings))}
     dispatcher = Dispatcher(session_factory(engine), settings, channels)
     started = time.perf_counter()
     stats = dispatcher.run(drain=True)

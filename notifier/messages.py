@@ -1,5 +1,5 @@
-"""Templates and what a message costs: the Jinja2 environment, rendering with a language fallback chain,
-local port times and money formatted with Babel, and SMS encoding and segment counting as Twilio does it.
+"""Templates: the Jinja2 environment, rendering with a language fallback chain, and local port times and money
+formatted with Babel; a rendered SMS carries its encoding and segments (counted by notifier.channels.segments).
 
 Every template runs in Jinja's sandbox with StrictUndefined: feed text and operator free text are only ever
 *values* (never template source), a missing value stops the broadcast before anything is sent, and HTML email
@@ -24,13 +24,10 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, Undefine
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from notifier.channels.segments import sms_encoding, sms_segments
 from notifier.errors import NotifierError
 from notifier.store.paths import templates_dir
 
-# GSM 03.38 basic character set; the extension table costs two septets per character (escape + char).
-GSM7_BASIC = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                 "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
-GSM7_EXTENDED = set("^{}\\[~]|€\f")
 FALLBACK_LANGUAGE = "en"
 
 
@@ -53,35 +50,6 @@ class Rendered:
     encoding: str = ""
 
 
-# --- SMS encoding --------------------------------------------------------------------------------------------
-
-def sms_encoding(text: str) -> str:
-    """'GSM-7' when every character is in the GSM 03.38 alphabet, else 'UCS-2' (as Twilio decides)."""
-    return "GSM-7" if all(c in GSM7_BASIC or c in GSM7_EXTENDED for c in text) else "UCS-2"
-
-
-def sms_segments(text: str) -> int:
-    """How many SMS parts Twilio bills for this body: GSM-7 160/153 septets, UCS-2 70/67 UTF-16 units."""
-    if not text:
-        return 0
-    if sms_encoding(text) == "GSM-7":
-        costs = [2 if c in GSM7_EXTENDED else 1 for c in text]
-        single, multi = 160, 153
-    else:
-        costs = [2 if ord(c) > 0xFFFF else 1 for c in text]
-        single, multi = 70, 67
-    if sum(costs) <= single:
-        return 1
-    # Parts are filled, not divided: an escape pair (GSM-7) or a surrogate pair (UCS-2) that would straddle a
-    # boundary starts the next part, so "a" * 152 + "€" + "a" * 152 is three parts, not two.
-    parts, filled = 1, 0
-    for cost in costs:
-        if filled + cost > multi:
-            parts, filled = parts + 1, 0
-        filled += cost
-    return parts
-
-
 # --- text from outside ------------------------------------------------------------------------------------------
 
 # Cut text ends in three dots, not "…": that one character would make a whole English SMS UCS-2 (twice the parts).
@@ -90,7 +58,7 @@ CUT_MARK = "..."
 
 def quotable(text: str, limit: int) -> str:
     """Free text from outside (a feed's headline or remark) as one safe template value: control, format and
-    private-use characters out (U+E000/U+E001 are the slot marks of notifier.shapes), whitespace folded to single
+    private-use characters out (U+E000/U+E001 are the slot marks of notifier.planning.shapes), whitespace folded to single
     spaces, and cut to `limit` characters with a trailing "..." when longer."""
     folded = " ".join("".join(" " if unicodedata.category(c)[0] == "C" else c for c in text).split())
     if len(folded) <= limit:

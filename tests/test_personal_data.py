@@ -27,6 +27,7 @@ from notifier.channels.file import FileEmailChannel
 from notifier.channels.twilio_sms import TwilioSmsChannel
 from notifier.store.db import transaction
 from notifier.delivery.dispatch import Dispatcher
+from notifier.delivery.providers import twilio_config
 from notifier.logs import RedactContacts, setup_logging
 from notifier.store.models import (AuditEntry, Booking, Customer, CustomerResponse, DeliveryAttempt, FeedError,
                                    Notification, OptOut, Sailing, utcnow)
@@ -174,7 +175,8 @@ def test_a_typhoon_night_leaves_no_contact_or_name_in_logs_reports_or_errors(fac
         standin.add_fault(Fault(429, 20429, "Too Many Requests", retry_after="0", to=busy.recipient))
 
         clock = Clock()
-        channels = {"sms": TwilioSmsChannel(settings), "email": FileEmailChannel(settings.outbox_dir, "n@x")}
+        channels = {"sms": TwilioSmsChannel(twilio_config(settings)),
+                    "email": FileEmailChannel(settings.outbox_dir, "n@x")}
         dispatcher = Dispatcher(factory, settings, channels, clock=clock)
         dispatcher.run(drain=True)
         clock.offset = timedelta(seconds=30)  # the lost answer's lease has run out: it is looked up

@@ -1,15 +1,17 @@
 """The channel contract (after Alertmanager's notifiers and Apprise's plugins): `send` returns an outcome that
 says sent, retry, give up, or "the provider may have it" (look before resending); each channel declares its
-limits on the class: what the provider counts (`rate_unit`), which setting holds the rate, and the longest body.
+limits on the class: what the provider counts (`rate_unit`) and the longest body, which `send` enforces. A channel
+is given a message and its own small provider config, never a session or the settings: delivery builds both.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
-from notifier.messages import sms_segments
+from notifier.channels.segments import sms_segments
 
 
 @dataclass(frozen=True)
@@ -62,31 +64,38 @@ class SendResult:
         dispatcher reconciles with `lookup` before any resend."""
         return cls("uncertain", code=code, reason=reason, retry_after=retry_after)
 
-    @property
-    def retryable(self) -> bool:
-        """True when trying again later may succeed."""
-        return self.status in ("retry", "uncertain")
 
-
-class Channel(Protocol):
-    """A way to reach a customer. Implementations declare their limits as class attributes."""
+class Channel(ABC):
+    """A way to reach a customer. A channel declares its limits as class attributes and implements `deliver`;
+    `send` refuses a message that breaks a declared limit before the provider hears of it."""
 
     kind: ClassVar[str]  # "sms" | "email"
     name: ClassVar[str]  # "twilio", "smtp", "file"
-    max_length: ClassVar[int]  # characters of body text the provider accepts
+    max_length: ClassVar[int]  # the longest body text the provider accepts, in characters
     rate_unit: ClassVar[str]  # what the provider's rate counts: "segment" (SMS parts) or "message"
-    rate_setting: ClassVar[str | None]  # the Settings field with the default rate per second; None: unlimited
     reconciles: ClassVar[bool]  # True when `lookup` can really ask the provider (an SMTP relay cannot)
     sender: str  # what the rate applies to: a From number, a Messaging Service SID, an SMTP relay host:port
-    rate_per_second: float | None  # this instance's rate (per-sender override or the default); None: unlimited
+    rate_per_second: float | None  # this sender's rate in this process, from its config; None: unlimited
 
     def send(self, message: Message) -> SendResult:
-        """Hand one message to the provider; never raises for provider errors."""
+        """Hand one message to the provider; a body longer than the provider takes fails here, for good, because
+        the provider would refuse it too (Twilio: 21617). Never raises for provider errors."""
+        length = len(message.body_text)
+        if length > self.max_length:
+            return SendResult.failed("too-long", f"the text is {length} characters long; the {self.name} "
+                                                 f"{self.kind} channel takes at most {self.max_length}")
+        return self.deliver(message)
 
+    @abstractmethod
+    def deliver(self, message: Message) -> SendResult:
+        """Hand one message that fits the declared limits to the provider; never raises for provider errors."""
+
+    @abstractmethod
     def lookup(self, message: Message) -> list[str]:
         """Provider ids of copies of this message the provider already has (crash reconciliation), newest first.
         Raises when the provider cannot be asked; an empty list means "not there"."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 

@@ -7,28 +7,27 @@ import contextlib
 import json
 import os
 import threading
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import BinaryIO
 
-from notifier.store.models import utcnow
-from notifier.channels.base import Message, SendResult
+from notifier.channels.base import Channel, Message, SendResult
 
 # Python folds a header longer than 78 characters by breaking right after "Subject:", which some readers show
 # as a subject starting with a space; RFC 5322 allows lines up to 998 characters.
 EMAIL_POLICY = policy.default.clone(max_line_length=998)
 
 
-class FileSmsChannel:
+class FileSmsChannel(Channel):
     """Appends each SMS as one JSON line to <outbox>/sms.jsonl."""
 
     kind = "sms"
     name = "file"
     max_length = 1600
     rate_unit = "segment"
-    rate_setting = None
     reconciles = True
     sender = "file"
     rate_per_second = None
@@ -37,11 +36,11 @@ class FileSmsChannel:
         self.path = Path(outbox_dir) / "sms.jsonl"
         self._lock = threading.Lock()
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Append the SMS; a full disk or unwritable folder is a retryable failure, never a lost line."""
         line = json.dumps({"id": f"file-sms-{message.notification_id}", "to": message.recipient,
                            "body": message.body_text, "segments": message.segments,
-                           "at": utcnow().isoformat()}, ensure_ascii=False) + "\n"
+                           "at": datetime.now(UTC).isoformat()}, ensure_ascii=False) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._lock, open(self.path, "ab", buffering=0) as handle:
@@ -90,14 +89,13 @@ def _line_id(line: str) -> str | None:
         return None
 
 
-class FileEmailChannel:
+class FileEmailChannel(Channel):
     """Writes each email as <outbox>/email/<notification id>.eml (text + HTML multipart)."""
 
     kind = "email"
     name = "file"
     max_length = 1_000_000
     rate_unit = "message"
-    rate_setting = None
     reconciles = True
     sender = "file"
     rate_per_second = None
@@ -106,7 +104,7 @@ class FileEmailChannel:
         self.folder = Path(outbox_dir) / "email"
         self.sender = sender
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Write the .eml atomically (temp file + rename) so a crash never leaves half a message."""
         email = build_email(message, self.sender)
         target = self.folder / f"{message.notification_id}.eml"

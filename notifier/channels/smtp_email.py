@@ -4,8 +4,9 @@ drops it; SSL or STARTTLS and login as configured; multipart text + HTML with Me
 
 A 4xx answer (greylisting, mailbox busy, relay overloaded) is retried later; a 5xx answer (no such mailbox,
 relay refuses) is permanent, except the relay's "STARTTLS / login required" (530, 534, 535, 538), which is about
-our configuration, not the recipient, and is retried. A relay cannot be asked whether it took a message, so `lookup` knows nothing: after
-a crash the dispatcher applies Settings.email_reconcile (resend with the same Message-ID, by default).
+our configuration, not the recipient, and is retried. A relay cannot be asked whether it took a message, so
+`lookup` knows nothing: after a crash the dispatcher applies Settings.email_reconcile (resend with the same
+Message-ID, by default).
 """
 
 from __future__ import annotations
@@ -14,37 +15,55 @@ import contextlib
 import smtplib
 import ssl
 import threading
+from dataclasses import dataclass, field
 
-from notifier.store.settings import Settings
-from notifier.delivery.ratelimit import rate_for
-from notifier.channels.base import Message, SendResult
+from notifier.channels.base import Channel, Message, SendResult
 from notifier.channels.file import build_email
 
 RELAY_SETUP_CODES = {530, 534, 535, 538}  # RFC 4954 / 3207: authentication or encryption required
 
 
-class SmtpEmailChannel:
+@dataclass(frozen=True)
+class SmtpConfig:
+    """What the SMTP channel needs to reach its relay, and nothing more (delivery builds it from Settings)."""
+
+    host: str
+    from_address: str  # the From of every notice, and the envelope sender
+    port: int = 25
+    user: str = ""
+    password: str = field(default="", repr=False)  # a secret: never in a log line or an error message
+    use_ssl: bool = False
+    starttls: bool = False
+    timeout_seconds: float = 10.0
+    rate_per_second: float | None = None  # emails per second this process may hand to the relay; None: unlimited
+
+    @property
+    def sender(self) -> str:
+        """What the rate applies to: the relay, as host:port."""
+        return f"{self.host}:{self.port}"
+
+
+class SmtpEmailChannel(Channel):
     """Email through one SMTP relay; the rate applies per relay."""
 
     kind = "email"
     name = "smtp"
     max_length = 1_000_000
     rate_unit = "message"
-    rate_setting = "emails_per_second"
     reconciles = False
 
-    def __init__(self, settings: Settings) -> None:
-        self.host, self.port = settings.smtp_host, settings.smtp_port
-        self.user, self.password = settings.smtp_user, settings.smtp_password
-        self.use_ssl, self.starttls = settings.smtp_ssl, settings.smtp_starttls
-        self.from_address = settings.smtp_from
-        self.timeout = settings.provider_timeout_seconds
-        self.sender = f"{self.host}:{self.port}"
-        self.rate_per_second = rate_for(settings, self.rate_setting, self.sender)
+    def __init__(self, config: SmtpConfig) -> None:
+        self.host, self.port = config.host, config.port
+        self.user, self.password = config.user, config.password
+        self.use_ssl, self.starttls = config.use_ssl, config.starttls
+        self.from_address = config.from_address
+        self.timeout = config.timeout_seconds
+        self.sender = config.sender
+        self.rate_per_second = config.rate_per_second
         self._connection: smtplib.SMTP | None = None
         self._lock = threading.Lock()  # one connection: one conversation at a time
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Hand the email to the relay; a connection the relay closed is reopened once."""
         email = build_email(message, self.from_address)
         with self._lock:

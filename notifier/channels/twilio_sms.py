@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -26,19 +27,35 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from notifier.store.settings import Settings
+from notifier.channels.base import Channel, Message, SendResult
 from notifier.logs import guard_library_loggers
 from notifier.privacy import redact
-from notifier.delivery.ratelimit import rate_for
-from notifier.channels.base import Message, SendResult
 
 TWILIO_HOST = re.compile(r"^https://[^/]+\.twilio\.com")
 RATE_LIMITED_CODES = {20429}
 PERMANENT_CODES = {21211: "invalid 'To' number", 21610: "recipient has opted out (STOP)",
                    21614: "'To' number is not a mobile number"}
-OPTED_OUT_CODE = "21610"
 MAX_VALIDITY_SECONDS = 36000  # Twilio's own ceiling for ValidityPeriod
 LOOKUP_PAGE = 100
+
+
+@dataclass(frozen=True)
+class TwilioConfig:
+    """What the Twilio channel needs to reach Twilio, and nothing more (delivery builds it from Settings)."""
+
+    account_sid: str
+    auth_token: str = field(repr=False)  # a secret: never in a log line or an error message
+    from_number: str = ""
+    messaging_service_sid: str = ""
+    api_base: str = "https://api.twilio.com"
+    timeout_seconds: float = 10.0
+    pool_size: int = 2  # pooled keep-alive connections: one per dispatch thread
+    rate_per_second: float | None = None  # segments per second this process may send as `sender`; None: unlimited
+
+    @property
+    def sender(self) -> str:
+        """What Twilio paces: the Messaging Service when there is one, else the From number."""
+        return self.messaging_service_sid or self.from_number
 
 
 class RedirectingHttpClient(TwilioHttpClient):
@@ -106,28 +123,27 @@ def classify(status: int, code: int | None, message: str, retry_after: float | N
     return SendResult.uncertain(code_text, text, retry_after)
 
 
-class TwilioSmsChannel:
+class TwilioSmsChannel(Channel):
     """SMS through Twilio; the sender is a From number or a Messaging Service SID."""
 
     kind = "sms"
     name = "twilio"
     max_length = 1600  # Twilio refuses longer bodies (error 21617)
     rate_unit = "segment"
-    rate_setting = "sms_segments_per_second"
     reconciles = True
 
-    def __init__(self, settings: Settings, http_client: RedirectingHttpClient | None = None) -> None:
-        self.from_number = settings.twilio_from
-        self.messaging_service_sid = settings.twilio_messaging_service_sid
-        self.sender = self.messaging_service_sid or self.from_number
-        self.rate_per_second = rate_for(settings, self.rate_setting, self.sender)
+    def __init__(self, config: TwilioConfig, http_client: RedirectingHttpClient | None = None) -> None:
+        self.from_number = config.from_number
+        self.messaging_service_sid = config.messaging_service_sid
+        self.sender = config.sender
+        self.rate_per_second = config.rate_per_second
         guard_library_loggers()  # urllib3 logs each request line, a look-up's To=<number> included
-        self.http_client = http_client or RedirectingHttpClient(
-            settings.twilio_api_base, settings.provider_timeout_seconds, pool_size=max(2, settings.dispatch_threads))
-        self.client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=self.http_client)
+        self.http_client = http_client or RedirectingHttpClient(config.api_base, config.timeout_seconds,
+                                                                pool_size=config.pool_size)
+        self.client = Client(config.account_sid, config.auth_token, http_client=self.http_client)
         self._messages = self.client.api.v2010.account.messages
 
-    def send(self, message: Message) -> SendResult:
+    def deliver(self, message: Message) -> SendResult:
         """Create the message at Twilio; classify any refusal (see the module docstring)."""
         options = {"to": message.recipient, "body": message.body_text}
         if self.messaging_service_sid:

@@ -22,7 +22,8 @@ from notifier.errors import NotifierError
 from notifier.planning.audience import can_take_sms, normalise_email, normalise_phone
 from notifier.store.settings import Settings
 from notifier.store.db import insert_ignore
-from notifier.messages import Rendered, render, sms_segments
+from notifier.channels.segments import sms_segments
+from notifier.messages import Rendered, render
 from notifier.store.models import Booking, Customer, Disruption, Notification, Offer, Port, utcnow
 from notifier.delivery.optouts import may_send, opted_out_addresses
 

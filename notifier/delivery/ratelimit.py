@@ -49,12 +49,6 @@ class Pacer:
             self._next = max(self._next, self._paused_until)
             self._pauses += 1
 
-    def backlog(self, now: float | None = None) -> float:
-        """Seconds of slots already handed out ahead of now."""
-        with self._lock:
-            now = self._clock() if now is None else now
-            return max(0.0, self._next - now)
-
     def acquire(self, cost: float, stop: threading.Event | None = None) -> bool:
         """Wait for a slot; False when `stop` was set while waiting (nothing may be sent then)."""
         while True:

@@ -258,7 +258,7 @@ def dispatch_here(factory: sessionmaker[Session], settings: Settings) -> Callabl
     """A dispatcher for `follow` to run in this process until its stop event is set (`broadcast send --wait`)."""
 
     def run(stop: threading.Event) -> None:
-        from notifier.channels import channels_for
+        from notifier.delivery.providers import channels_for
         from notifier.delivery.dispatch import Dispatcher
 
         channels = channels_for(settings)

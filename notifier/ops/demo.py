@@ -301,7 +301,7 @@ class DemoSummary:
 
 def run(settings: Settings, bookings: int, feed_path: str | None, now: datetime | None = None) -> DemoSummary:
     """Build (once) the demo database, replay the feed through the whole pipeline, and dispatch the outbox."""
-    from notifier.channels import channels_for
+    from notifier.delivery.providers import channels_for
     from notifier.store.db import make_engine, session_factory
     from notifier.delivery.dispatch import dispatch_all
     from notifier.feeds import cap

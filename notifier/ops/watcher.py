@@ -259,7 +259,7 @@ class Watcher:
 
     def __init__(self, settings: Settings, owner: str | None = None,
                  clock: Callable[[], datetime] = utcnow, jobs: tuple[str, ...] | None = None) -> None:
-        from notifier.delivery.dispatch import worker_id
+        from notifier.delivery.leases import worker_id
 
         self.settings, self.clock = settings, clock
         self.jobs = jobs  # None: every job; `feeds poll` runs only ("poll", "pipeline")
@@ -340,7 +340,7 @@ class Watcher:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        from notifier.channels import channels_for
+        from notifier.delivery.providers import channels_for
         from notifier.delivery.dispatch import Dispatcher
         from notifier.store.paths import rules_dir
         from notifier.rules.engine import load_rules

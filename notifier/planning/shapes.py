@@ -35,8 +35,8 @@ from jinja2 import nodes
 from markupsafe import escape
 
 from notifier.planning import links
-from notifier.messages import (GSM7_BASIC, GSM7_EXTENDED, Rendered, environment, money, render,
-                                      resolve_language, sms_segments)
+from notifier.channels.segments import GSM7_BASIC, GSM7_EXTENDED, sms_segments
+from notifier.messages import Rendered, environment, money, render, resolve_language
 from notifier.store.paths import templates_dir
 
 # Private-use characters: no template, name or reference contains them, and autoescape leaves them alone.
@@ -176,12 +176,12 @@ class TextShape:
         return "".join(pieces)
 
     def gsm7_with(self, units: dict[str, tuple[bool, int, int]]) -> bool:
-        """True when the filled text is all GSM-7 (as `messages.sms_encoding` decides)."""
+        """True when the filled text is all GSM-7 (as `channels.segments.sms_encoding` decides)."""
         return self.gsm7 and all(units[letter][0] for letter in self.pieces[1::2])
 
     def segments(self, units: dict[str, tuple[bool, int, int]], filled: str) -> int:
         """SMS segments of `filled` (this shape with values whose units are `units`), exactly as
-        `messages.sms_segments` counts them."""
+        `channels.segments.sms_segments` counts them."""
         slots = self.pieces[1::2]
         if self.gsm7_with(units):
             total, single, multi = self.gsm7_units + sum(units[letter][1] for letter in slots), 160, 153

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -99,31 +98,3 @@ def require_schema(engine: Engine) -> None:
     if "sailings" not in tables:
         raise DatabaseError("the database has no notifier tables; run `notifier db upgrade` first")
 
-
-def retrying(attempts: int = 5, first_delay: float = 0.5):  # noqa: ANN201
-    """Decorator: retry a unit of work when the database connection drops (not on logic errors)."""
-
-    def wrap(func):  # noqa: ANN001, ANN202
-        def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            delay = first_delay
-            for attempt in range(attempts):
-                try:
-                    return func(*args, **kwargs)
-                except OperationalError as exc:
-                    if attempt == attempts - 1 or not _is_connection_loss(exc):
-                        raise
-                    time.sleep(delay)
-                    delay *= 2
-            return None
-
-        run.__name__ = func.__name__
-        run.__doc__ = func.__doc__
-        return run
-
-    return wrap
-
-
-def _is_connection_loss(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
-    return exc.connection_invalidated or any(
-        word in text for word in ("connection", "server closed", "terminating", "database is locked"))

@@ -81,7 +81,6 @@ class Settings:
     sms_segments_per_second: float = 10.0
     emails_per_second: float = 20.0
     dispatch_threads: int = 8
-    dispatch_batch: int = 200
     lease_seconds: int = 120
     max_attempts: int = 8
     max_age_minutes: int = 360

@@ -38,7 +38,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from notifier.store.settings import Settings
 from notifier.store.db import transaction
-from notifier.delivery.dispatch import OPTED_OUT_CODE, mark_sent
+from notifier.delivery.outcomes import OPTED_OUT_CODE, mark_sent
 from notifier.delivery.fallback import plan_fallback
 from notifier.aftercare.followups import record_help
 from notifier.aftercare.responses import handle_sms_reply

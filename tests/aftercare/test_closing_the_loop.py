@@ -28,7 +28,7 @@ from sqlalchemy import func, select, update
 from twilio.request_validator import RequestValidator
 
 from cli import main
-from notifier.channels import channels_for
+from notifier.delivery.providers import channels_for
 from notifier.store.settings import load_settings
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.ops.demo import bundled_feed, generate

@@ -17,7 +17,7 @@ from notifier.broadcasts import lifecycle as broadcasts
 from notifier import messages
 from notifier.errors import NotifierError, UsageError
 from notifier.broadcasts.lifecycle import ApprovalNeeded, BroadcastRequest, NothingToSend
-from notifier.channels import channels_for
+from notifier.delivery.providers import channels_for
 from notifier.delivery.dispatch import Dispatcher
 from notifier.planning.links import blank_tokens
 from notifier.messages import TemplateError

@@ -3,11 +3,13 @@ connection for many messages, a relay that drops the connection, 451 retried, 55
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from notifier.channels.base import Message
 from notifier.channels.smtp_email import SmtpEmailChannel
-from tests.standins.fixtures import provider_settings, relay  # noqa: F401 - fixture
+from tests.standins.fixtures import relay, relay_config  # noqa: F401 - fixture
 from tests.standins.smtp_relay import Relay, self_signed_certificate
 
 CUSTOMER = "li.wei@example.com"
@@ -15,14 +17,15 @@ CUSTOMER = "li.wei@example.com"
 
 def notice(to: str = CUSTOMER, number: int = 7) -> Message:
     return Message(number, "email", to, "Your 10:00 sailing Haikou - Hai'an is cancelled.\n",
-                   subject="Sailing cancelled: QZ-HAK-HAI 10:00", body_html="<p>Your 10:00 sailing is <b>cancelled</b>.</p>",
+                   subject="Sailing cancelled: QZ-HAK-HAI 10:00",
+                   body_html="<p>Your 10:00 sailing is <b>cancelled</b>.</p>",
                    message_id=f"<notice-{number}.abc@ferry.example>",
                    unsubscribe_url="https://ferry.example/unsubscribe/tok")
 
 
 @pytest.fixture
-def channel(tmp_settings, relay):
-    email = SmtpEmailChannel(provider_settings(tmp_settings, smtp=relay))
+def channel(relay):
+    email = SmtpEmailChannel(relay_config(relay))
     yield email
     email.close()
 
@@ -72,20 +75,28 @@ def test_a_temporary_refusal_is_retried_and_a_permanent_one_is_not(channel, rela
     assert fine.status == "sent"  # the refusals left the connection usable
 
 
-def test_a_relay_that_is_down_is_a_retry(tmp_settings):
+def test_a_body_longer_than_the_channel_takes_is_refused_before_the_relay_hears_of_it(channel, relay):
+    huge = dataclasses.replace(notice(), body_text="x" * 1_000_001)
+
+    refused = channel.send(huge)
+
+    assert (refused.status, refused.code) == ("failed", "too-long")
+    assert "at most 1000000" in refused.reason
+    assert relay.received == [] and relay.greetings == 0
+
+
+def test_a_relay_that_is_down_is_a_retry():
     relay = Relay()  # never started
-    email = SmtpEmailChannel(provider_settings(tmp_settings, smtp=relay))
+    email = SmtpEmailChannel(relay_config(relay))
     result = email.send(notice())
     assert (result.status, result.code) == ("retry", "connection")
     assert email.lookup(notice()) == []  # a relay cannot be asked; the dispatcher's policy decides
 
 
-def test_login_is_used_and_a_refused_login_is_a_retry(tmp_settings):
+def test_login_is_used_and_a_refused_login_is_a_retry():
     with Relay(login=("notifier", "s3cret")) as relay:
-        good = SmtpEmailChannel(provider_settings(tmp_settings, smtp=relay, smtp_user="notifier",
-                                                  smtp_password="s3cret"))
-        bad = SmtpEmailChannel(provider_settings(tmp_settings, smtp=relay, smtp_user="notifier",
-                                                 smtp_password="wrong"))
+        good = SmtpEmailChannel(relay_config(relay, user="notifier", password="s3cret"))
+        bad = SmtpEmailChannel(relay_config(relay, user="notifier", password="wrong"))
         assert good.send(notice()).status == "sent"
         refused = bad.send(notice())
         good.close()
@@ -94,27 +105,26 @@ def test_login_is_used_and_a_refused_login_is_a_retry(tmp_settings):
 
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "ssl"])
-def test_tls_as_configured(tmp_settings, tmp_path, monkeypatch, implicit):
+def test_tls_as_configured(tmp_path, monkeypatch, implicit):
     certificate = self_signed_certificate(tmp_path)
     if certificate is None:
         pytest.skip("the openssl command is not installed (needed to make a test certificate)")
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # our relay's certificate is the trusted one
     with Relay(tls=certificate, implicit_tls=implicit, login=("notifier", "s3cret")) as relay:
-        email = SmtpEmailChannel(provider_settings(tmp_settings, smtp=relay, smtp_starttls=not implicit,
-                                                   smtp_ssl=implicit, smtp_user="notifier",
-                                                   smtp_password="s3cret"))
+        email = SmtpEmailChannel(relay_config(relay, starttls=not implicit, use_ssl=implicit, user="notifier",
+                                              password="s3cret"))
         result = email.send(notice())
         email.close()
     assert result.status == "sent"
     assert len(relay.received) == 1
 
 
-def test_a_relay_demanding_starttls_we_did_not_configure_is_retried_not_failed(tmp_settings, tmp_path):
+def test_a_relay_demanding_starttls_we_did_not_configure_is_retried_not_failed(tmp_path):
     certificate = self_signed_certificate(tmp_path)
     if certificate is None:
         pytest.skip("the openssl command is not installed (needed to make a test certificate)")
     with Relay(tls=certificate) as relay:
-        email = SmtpEmailChannel(provider_settings(tmp_settings, smtp=relay))
+        email = SmtpEmailChannel(relay_config(relay))
         result = email.send(notice())
     assert (result.status, result.code) == ("retry", "530")
     assert "smtp_starttls" in result.reason

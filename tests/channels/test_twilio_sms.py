@@ -13,7 +13,7 @@ import smsutil
 
 from notifier.channels.base import Message, cost
 from notifier.channels.twilio_sms import RedirectingHttpClient, TwilioSmsChannel, retry_after_seconds
-from tests.standins.fixtures import SENDER, provider_settings, twilio_standin  # noqa: F401 - fixture
+from tests.standins.fixtures import SENDER, standin_config, twilio_standin  # noqa: F401 - fixture
 from tests.standins.twilio_standin import Fault, TwilioStandIn
 
 CUSTOMER = "+8613800138000"
@@ -26,8 +26,8 @@ def notice(body: str = "Strait Ferries: your 10:00 sailing Haikou-Hai'an is CANC
 
 
 @pytest.fixture
-def channel(tmp_settings, twilio_standin):
-    sms = TwilioSmsChannel(provider_settings(tmp_settings, twilio_standin))
+def channel(twilio_standin):
+    sms = TwilioSmsChannel(standin_config(twilio_standin))
     yield sms
     sms.close()
 
@@ -44,10 +44,8 @@ def test_a_notice_reaches_twilio_with_sender_callback_and_validity(channel, twil
     assert message["validity_period"] == "3600"
 
 
-def test_a_messaging_service_sends_without_a_from_number(tmp_settings, twilio_standin):
-    settings = provider_settings(tmp_settings, twilio_standin, twilio_from="",
-                                 twilio_messaging_service_sid="MG" + "ab" * 16)
-    sms = TwilioSmsChannel(settings)
+def test_a_messaging_service_sends_without_a_from_number(twilio_standin):
+    sms = TwilioSmsChannel(standin_config(twilio_standin, from_number="", messaging_service_sid="MG" + "ab" * 16))
 
     assert sms.send(notice()).status == "sent"
     [message] = twilio_standin.messages_to(CUSTOMER)
@@ -80,7 +78,7 @@ def test_a_server_error_is_uncertain_so_the_dispatcher_looks_before_resending(ch
 
     result = channel.send(notice())
 
-    assert result.status == "uncertain" and result.retryable
+    assert result.status == "uncertain"
     assert channel.lookup(notice()) == []  # nothing was created: a resend is safe
 
 
@@ -112,6 +110,16 @@ def test_any_other_refusal_is_permanent_too(channel, twilio_standin):
     assert (result.status, result.code) == ("failed", "21617")
 
 
+def test_a_body_longer_than_twilio_takes_is_refused_before_twilio_hears_of_it(channel, twilio_standin):
+    refused = channel.send(notice("x" * 1601))
+    taken = channel.send(notice("x" * 1600))
+
+    assert (refused.status, refused.code) == ("failed", "too-long")
+    assert "1601 characters" in refused.reason and "at most 1600" in refused.reason
+    assert taken.status == "sent"
+    assert [len(m["body"]) for m in twilio_standin.messages] == [1600]
+
+
 def test_lookup_matches_recipient_and_body_only(channel, twilio_standin):
     channel.send(notice("Sailing QZ-1 cancelled. Booking B1.", number=1))
     channel.send(notice("Sailing QZ-1 cancelled. Booking B2.", number=2))
@@ -123,9 +131,9 @@ def test_lookup_matches_recipient_and_body_only(channel, twilio_standin):
     assert channel.lookup(notice("Sailing QZ-1 cancelled. Booking B3.")) == []
 
 
-def test_lookup_finds_a_message_still_queued_without_a_date_sent(tmp_settings):
+def test_lookup_finds_a_message_still_queued_without_a_date_sent():
     with TwilioStandIn(defer_date_sent=True) as standin:
-        sms = TwilioSmsChannel(provider_settings(tmp_settings, standin))
+        sms = TwilioSmsChannel(standin_config(standin))
         sent = sms.send(notice())
         assert sms.lookup(notice()) == [sent.provider_id]
         assert standin.validation_errors == []
@@ -138,9 +146,9 @@ def test_lookup_ignores_copies_older_than_the_notice(channel):
     assert channel.lookup(replanned) == []
 
 
-def test_an_unreachable_twilio_is_uncertain_and_lookup_raises(tmp_settings):
+def test_an_unreachable_twilio_is_uncertain_and_lookup_raises():
     standin = TwilioStandIn().start()
-    sms = TwilioSmsChannel(provider_settings(tmp_settings, standin))
+    sms = TwilioSmsChannel(standin_config(standin))
     standin.stop()
 
     result = sms.send(notice())

@@ -15,10 +15,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from notifier.channels import channels_for
+from notifier.delivery.providers import channels_for
 from notifier.store.settings import ConfigError
 from notifier.store.db import make_engine, session_factory, transaction
-from notifier.delivery.dispatch import Dispatcher, dispatch_all, worker_id
+from notifier.delivery.dispatch import Dispatcher, dispatch_all
+from notifier.delivery.leases import worker_id
 from notifier.store.models import (AuditEntry, Broadcast, DeliveryAttempt, Disruption, Notification, OptOut, Port,
                                    Route, Sailing, utcnow)
 from tests.standins.fixtures import (add_customer, provider_settings, queue_notice, relay,  # noqa: F401
@@ -177,6 +178,20 @@ def test_a_number_twilio_refuses_fails_at_once_and_the_notice_goes_by_email(fact
     assert (opted_out is not None) == (code == 21610)
     assert audit.subject_id == str(sms.id) and audit.details["to_channel"] == "email"
     assert PHONE not in str(audit.details) and EMAIL not in str(audit.details)
+
+
+def test_an_sms_too_long_for_twilio_fails_without_a_request_and_goes_by_email(factory, settings, twilio_standin,
+                                                                              relay):
+    with transaction(factory) as session:
+        queue_notice(session, add_customer(session), "sms", "Typhoon: your sailing is cancelled. " * 50)
+    stats = deliver(factory, settings)
+
+    sms, fallback = rows(factory)
+    assert (sms.status, sms.error_code, sms.attempts) == ("failed", "too-long", 1)
+    assert "at most 1600" in sms.error_message
+    assert twilio_standin.messages == []
+    assert (fallback.channel, fallback.status) == ("email", "sent") and len(relay.to(EMAIL)) == 1
+    assert stats.fallbacks == 1
 
 
 def test_a_planned_notice_falls_back_to_its_own_email_template(factory, demo_db, settings, twilio_standin, relay):
@@ -358,7 +373,7 @@ def test_after_a_crash_a_message_twilio_has_is_recorded_and_a_missing_one_is_sen
         went = queue_notice(session, add_customer(session, phone="+8613800138001"), "sms", "Sailing A cancelled.")
         lost = queue_notice(session, add_customer(session, phone="+8613800138002"), "sms", "Sailing B cancelled.")
     channel = channels_for(settings)["sms"]
-    from notifier.delivery.dispatch import to_message
+    from notifier.delivery.claims import to_message
     with factory() as session:
         sid = channel.send(to_message(session.get(Notification, went.id), settings)).provider_id  # then: kill -9
     abandon_mid_send(factory, [went.id, lost.id])
@@ -378,7 +393,7 @@ def test_two_identical_notices_cut_by_a_crash_are_not_both_taken_as_sent(factory
         first = queue_notice(session, customer, "sms", "Sailing cancelled.")
         second = queue_notice(session, customer, "sms", "Sailing cancelled.")
     channel = channels_for(settings)["sms"]
-    from notifier.delivery.dispatch import to_message
+    from notifier.delivery.claims import to_message
     with factory() as session:
         channel.send(to_message(session.get(Notification, first.id), settings))
     abandon_mid_send(factory, [first.id, second.id])

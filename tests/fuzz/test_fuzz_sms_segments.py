@@ -3,8 +3,8 @@
 The text mixes the GSM-7 basic set, its two-septet extension characters, characters that force UCS-2 and
 astral-plane emoji (two UTF-16 units each), at lengths around every part boundary, where a counter that divides
 instead of filling parts goes wrong: an escape pair or a surrogate pair is never split across two parts. The
-planning fast path (notifier.shapes) counts a notice from its precounted shape plus each person's values, and must
-come to the same number.
+planning fast path (notifier.planning.shapes) counts a notice from its precounted shape plus each person's values,
+and must come to the same number.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from notifier.messages import GSM7_BASIC, GSM7_EXTENDED, sms_encoding, sms_segments
+from notifier.channels.segments import GSM7_BASIC, GSM7_EXTENDED, sms_encoding, sms_segments
 from notifier.planning.shapes import CLOSE, MARKS, OPEN, TextShape, text_units
 from tests.fuzz.budget import fuzz
 from tests.fuzz.reference import sms_split

@@ -17,7 +17,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from markupsafe import escape
 
-from notifier.messages import available_templates, render, sms_encoding
+from notifier.channels.segments import sms_encoding
+from notifier.messages import available_templates, render
 from tests.fuzz.budget import fuzz
 from tests.fuzz.hostile import hostile_text
 from tests.fuzz.reference import sms_split

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from notifier.planning.links import LinkError, LinkExpired, blank_tokens, choice_url, make_token, read_token
-from notifier.messages import sms_segments
+from notifier.channels.segments import sms_segments
 
 DEADLINE = datetime(2026, 9, 14, 12, 0, tzinfo=UTC)
 BEFORE = DEADLINE - timedelta(hours=3)

@@ -26,7 +26,8 @@ from notifier.store.db import make_engine, session_factory, transaction
 from notifier.ops.demo import bundled_feed, generate
 from notifier.disruptions import apply_impacts
 from notifier.feeds import cap
-from notifier.messages import render, sms_segments
+from notifier.channels.segments import sms_segments
+from notifier.messages import render
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, Notification, Offer, OptOut, Port, Route,
                                    Sailing, SailingCapacity)
 from notifier.planning.offers import candidates_for

@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from notifier.channels.smtp_email import SmtpConfig
+from notifier.channels.twilio_sms import TwilioConfig
 from notifier.store.settings import Settings
 from notifier.store.models import Broadcast, Customer, Notification, utcnow
 from tests.standins.smtp_relay import Relay
@@ -50,6 +52,18 @@ def provider_settings(settings: Settings, standin: TwilioStandIn | None = None, 
         values.update(smtp_host="127.0.0.1", smtp_port=smtp.port)
     values.update(overrides)
     return dataclasses.replace(settings, **values)
+
+
+def standin_config(standin: TwilioStandIn, **overrides: object) -> TwilioConfig:
+    """The Twilio channel's config pointed at the stand-in: our test account, SENDER, a 1 s timeout, no pacing."""
+    values: dict[str, object] = {"from_number": SENDER, "api_base": standin.base_url, "timeout_seconds": 1.0}
+    return TwilioConfig(ACCOUNT_SID, AUTH_TOKEN, **{**values, **overrides})
+
+
+def relay_config(smtp: Relay, **overrides: object) -> SmtpConfig:
+    """The SMTP channel's config pointed at the relay: no TLS, no login, a 1 s timeout, no pacing."""
+    values: dict[str, object] = {"port": smtp.port, "timeout_seconds": 1.0}
+    return SmtpConfig("127.0.0.1", "notices@ferry.example", **{**values, **overrides})
 
 
 def add_customer(session: Session, phone: str | None = "+8613800138000", email: str | None = "li.wei@example.com",

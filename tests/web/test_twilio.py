@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from notifier.channels import channels_for
+from notifier.delivery.providers import channels_for
 from notifier.store.db import transaction
 from notifier.delivery.dispatch import dispatch_all
 from notifier.store.models import AuditEntry, DeliveryAttempt, Notification, OptOut
@@ -253,7 +253,7 @@ def test_one_click_unsubscribe_records_the_email_opt_out_but_a_get_does_not(clie
 
 
 def test_the_unsubscribe_link_does_not_carry_the_address(settings, factory):
-    from notifier.delivery.dispatch import to_message
+    from notifier.delivery.claims import to_message
 
     with factory() as session:
         message = to_message(session.get(Notification, emailed(factory)), settings)
