@@ -18,11 +18,14 @@ from notifier.errors import NotifierError
 SECRET_FIELDS = {"twilio_auth_token", "smtp_password", "secret_key", "imap_password", "inbound_email_secret"}
 # Query parameters that carry credentials in feed and database URLs (?api_key=..., &token=..., ?password=...).
 SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#;\s]*(?:key|token|secret|passw|pwd|sig|auth)[^=&#;\s]*)=[^&#;\s]*")
-URL_PASSWORD = re.compile(r"(\b[a-z][\w+.-]*://[^/\s:@]*):[^@\s/]*@")
+# The password runs to the last '@' before the host (a password may itself hold '@' or ':').
+URL_PASSWORD = re.compile(r"(\b[a-z][\w+.-]*://[^/\s:@]*):[^\s/]*@")
 
 
 class ConfigError(NotifierError):
-    """notifier.toml or an environment variable is wrong."""
+    """notifier.toml or an environment variable is wrong: bad input, fixed by the user."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
