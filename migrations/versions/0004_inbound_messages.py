@@ -4,7 +4,7 @@ Every inbound SMS Twilio delivers is kept by its MessageSid (unique), with its k
 first seen and the answer we gave: a re-delivered or replayed request is answered again but changes nothing, and
 one first seen longer ago than the replay window is refused (issue 16, finding 2).
 
-Revision ID: 0003
+Revision ID: 0004
 Revises: 0002
 Create Date: 2026-12-08 03:30:00
 """
@@ -12,7 +12,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0003'
+revision = '0004'
 down_revision = '0002'
 branch_labels = None
 depends_on = None
