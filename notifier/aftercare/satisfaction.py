@@ -499,8 +499,15 @@ def make_token(secret: str, customer_id: int, sailing_id: int) -> str:
     return _signer(secret).sign(f"{customer_id:x}-{sailing_id:x}").decode()
 
 
+# A token exactly as make_token writes it: two hexadecimal ids, a dot, the HMAC-SHA1 signature in unpadded
+# base64url (27 characters). base64 decoding skips characters outside its alphabet, so "<token>==" would verify.
+TOKEN_SYNTAX = re.compile(r"[0-9a-f]{1,16}-[0-9a-f]{1,16}\.[A-Za-z0-9_-]{27}")
+
+
 def read_token(secret: str, token: str) -> tuple[int, int] | None:
-    """(customer, sailing) of a genuine token, else None."""
+    """(customer, sailing) of a genuine token (the exact syntax, then the signature), else None."""
+    if not TOKEN_SYNTAX.fullmatch(token):
+        return None
     try:
         customer, sailing = _signer(secret).unsign(token.encode()).decode().split("-")
         return int(customer, 16), int(sailing, 16)

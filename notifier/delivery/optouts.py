@@ -12,6 +12,7 @@ then still get safety-critical notices, never anything else.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
@@ -30,6 +31,10 @@ from notifier.privacy import mask_contact
 OPT_OUT_PAGE = 500  # addresses per IN list
 UNSUBSCRIBE_SALT = "notifier.unsubscribe.notice"
 LEGACY_UNSUBSCRIBE_SALT = "notifier.unsubscribe"  # links that named the address itself (before 2026-12)
+# URLSafeSerializer's token: the payload in unpadded base64url ("." first when zlib-compressed: a long legacy
+# address), a dot, and the HMAC-SHA1 signature (20 bytes: 27 characters).
+UNSUBSCRIBE_TOKEN = re.compile(r"\.?([A-Za-z0-9_-]{1,400})\.[A-Za-z0-9_-]{27}")
+INVALID_UNSUBSCRIBE_LINK = "this unsubscribe link is not valid (it may be incomplete or altered)"
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "退订", "TD"}
 START_WORDS = {"START", "UNSTOP"}
@@ -128,16 +133,25 @@ def unsubscribe_token(secret: str, notification_id: int) -> str:
 def read_unsubscribe_token(secret: str, token: str) -> int | str:
     """The outbox row an unsubscribe token names (or, for a link sent before tokens named rows, the address);
     UnsubscribeLinkError when it was altered."""
+    if not _well_formed(token):
+        raise UnsubscribeLinkError(INVALID_UNSUBSCRIBE_LINK)
     try:
         notification_id = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).loads(token)
     except BadSignature:
         try:
             return str(URLSafeSerializer(secret, salt=LEGACY_UNSUBSCRIBE_SALT).loads(token))
         except BadSignature:
-            raise UnsubscribeLinkError("this unsubscribe link is not valid (it may be incomplete or altered)") from None
+            raise UnsubscribeLinkError(INVALID_UNSUBSCRIBE_LINK) from None
     if not isinstance(notification_id, int) or isinstance(notification_id, bool):
-        raise UnsubscribeLinkError("this unsubscribe link is not valid (it may be incomplete or altered)")
+        raise UnsubscribeLinkError(INVALID_UNSUBSCRIBE_LINK)
     return notification_id
+
+
+def _well_formed(token: str) -> bool:
+    # base64 decoding skips characters outside its alphabet, so "<token>==" or "<token>%20" would verify; and no
+    # unpadded base64 is 1 more than a multiple of 4 long.
+    match = UNSUBSCRIBE_TOKEN.fullmatch(token)
+    return match is not None and len(match.group(1)) % 4 != 1
 
 
 def unsubscribing_address(session: Session, named: int | str) -> str:

@@ -64,13 +64,23 @@ def make_token(secret: str, booking_id: int, disruption_id: int, deadline: datet
     return _signer(secret).sign(payload).decode()
 
 
+INVALID = "this link is not valid (it may be incomplete or altered)"
+# A token exactly as make_token writes it: three base-36 ids (an id of up to 64 bits is 13 digits), a dot, and the
+# 12-byte signature in unpadded base64url (16 characters). base64 decoding skips characters outside its alphabet
+# and padding, so "<token>==" or "<token>%20" would verify; the syntax is checked first, and strictly.
+TOKEN_SYNTAX = re.compile(r"[0-9a-z]{1,13}-[0-9a-z]{1,13}-[0-9a-z]{1,13}\.[A-Za-z0-9_-]{16}")
+
+
 def read_token(secret: str, token: str, now: datetime | None = None) -> ChoiceLink:
-    """Check a token's signature and deadline; LinkError says which check failed."""
+    """Check a token's syntax, signature and deadline; LinkError says which check failed."""
+    if not TOKEN_SYNTAX.fullmatch(token):
+        _signer(secret)  # no secret configured is said as such, whatever the token
+        raise LinkError(INVALID)
     try:
         payload = _signer(secret).unsign(token.encode()).decode()
         booking, disruption, deadline = (int(part, 36) for part in payload.split("-"))
     except (BadSignature, ValueError, UnicodeError):
-        raise LinkError("this link is not valid (it may be incomplete or altered)") from None
+        raise LinkError(INVALID) from None
     link = ChoiceLink(booking, disruption, datetime.fromtimestamp(deadline, UTC))
     if (now or datetime.now(UTC)) > link.deadline:
         raise LinkExpired("this link has expired")

@@ -508,6 +508,22 @@ class OptOut(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class InboundMessage(Base):
+    """An inbound SMS Twilio delivered, by its MessageSid. Twilio signs no timestamp, so a captured request stays
+    valid for ever: a MessageSid seen before is answered again but changes nothing, and one first seen longer ago
+    than Settings.inbound_replay_window_seconds is refused (notifier.web.inbound)."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # stop | start | help | reply
+    sender: Mapped[str] = mapped_column(String(32))  # masked (+86 139****9768): never the number itself
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # What we answered, repeated to a re-delivery; blanked once the window has passed (it may name a booking).
+    answer: Mapped[str | None] = mapped_column(Text)
+
+
 class AuditEntry(Base):
     """Who did what, when: operator actions and automatic decisions. Never holds contacts or secrets."""
 

@@ -129,6 +129,11 @@ class Settings:
     choice_posts_per_minute_per_address: int = 60
     # Addresses of reverse proxies whose X-Forwarded-For is believed; from anyone else it is ignored.
     trusted_proxies: tuple[str, ...] = ()
+    # An inbound SMS whose MessageSid was first seen longer ago than this is refused (403): Twilio's signature
+    # carries no timestamp, so a captured request would otherwise stay valid for ever.
+    inbound_replay_window_seconds: int = 86400
+    # `notifier serve` closes a client connection that sends nothing for this long (frees its thread).
+    web_idle_timeout_seconds: float = 10.0
     # Personal data (names, contacts, notice texts, SMS replies) older than this many days is removed by
     # `notifier purge`; figures and the audit trail stay.
     retention_days: int = 180

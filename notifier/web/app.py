@@ -4,7 +4,8 @@ GET /c/<token> only shows: the disruption, the offers with one button each, the 
 without an answer, or the choice already recorded. Mail scanners and link previews open links, so only a POST
 decides, and a POST must carry a form token signed for that very link (CSRF) and come from our own origin.
 Personal pages are never cached, never framed, load nothing from elsewhere and send no referrer off-site.
-A flood of POSTs is refused with 429 and Retry-After, per link and per client address (notifier.throttle).
+A flood of POSTs is refused with 429 and Retry-After, per link (the booking and disruption a verified token names)
+and per client address (notifier.web.throttle). A token is checked for its exact syntax before its signature.
 """
 
 from __future__ import annotations
@@ -215,13 +216,14 @@ def show_choice(token: str) -> Response:
 @choice_pages.post("/c/<token>")
 def take_choice(token: str) -> Response:
     """Record the customer's choice, then show it (303 to the GET page); a refusal changes nothing."""
-    wait = current_app.extensions["notifier_throttle"].wait(token, request.remote_addr,
+    link = _read_link(token)
+    named = None if isinstance(link, Response) else f"{link.booking_id}-{link.disruption_id}"
+    wait = current_app.extensions["notifier_throttle"].wait(named, request.remote_addr,
                                                             request.headers.get("X-Forwarded-For"))
     if wait:
         refused = _problem("too_many")
         refused.headers["Retry-After"] = str(math.ceil(wait))
         return refused
-    link = _read_link(token)
     if isinstance(link, Response):
         return link
     with _factory()() as session:

@@ -56,7 +56,7 @@ class Buckets:
 
 
 class ChoiceThrottle:
-    """The choice page's two limits: per link (token) and per client address."""
+    """The choice page's two limits: per link (the choice a verified token names) and per client address."""
 
     def __init__(self, per_link: int, per_address: int, trusted_proxies: Iterable[str] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -64,10 +64,12 @@ class ChoiceThrottle:
         self.per_address = Buckets(per_address, clock)
         self.trusted = trusted_networks(trusted_proxies)
 
-    def wait(self, token: str, remote_addr: str | None, forwarded_for: str | None) -> float:
-        """0.0 when this POST may go ahead, else the seconds the client must wait (for Retry-After)."""
+    def wait(self, link: str | None, remote_addr: str | None, forwarded_for: str | None) -> float:
+        """0.0 when this POST may go ahead, else the seconds the client must wait (for Retry-After). `link` names
+        what a verified token is for, so that altered spellings of one link share its budget; None (a token that
+        did not verify) counts against the address only, or made-up tokens would each get a fresh budget."""
         address = client_address(remote_addr or "", forwarded_for, self.trusted)
-        return self.per_address.take(f"ip:{address}") or self.per_link.take(f"link:{token}")
+        return self.per_address.take(f"ip:{address}") or (self.per_link.take(f"link:{link}") if link else 0.0)
 
 
 def trusted_networks(entries: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -16,7 +16,9 @@ Routes:
 - POST /twilio/inbound: STOP / STOPALL / UNSUBSCRIBE / CANCEL / END / QUIT / 退订 / TD record an opt-out,
   START / UNSTOP lift it, HELP / INFO get the help text (and go on the follow-up worklist); a 1-5 score
   answering a satisfaction request is recorded by `notifier.satisfaction`; any other text goes to
-  `notifier.responses.handle_sms_reply`. The answer is TwiML.
+  `notifier.responses.handle_sms_reply`. The answer is TwiML. Each MessageSid changes things once
+  (notifier.web.inbound): a copy is answered as the first was, and one first seen longer ago than
+  Settings.inbound_replay_window_seconds is refused (403), as is a request without a MessageSid.
 - GET /unsubscribe/<token> shows a confirm button; POST (the RFC 8058 one-click from the List-Unsubscribe-Post
   header, or the button) records the email opt-out. A GET never unsubscribes: mail scanners open links.
 
@@ -47,6 +49,7 @@ from notifier.delivery.optouts import (UnsubscribeLinkError, keyword, language_o
                                        read_unsubscribe_token, record_opt_out, reply, unsubscribing_address)
 from notifier.privacy import mask_contact, redact
 from notifier.aftercare.satisfaction import answer_sms_score
+from notifier.web import inbound
 
 log = logging.getLogger(__name__)
 
@@ -167,33 +170,60 @@ def _already_recorded(session: Session, notification_id: int, sid: str, status: 
 
 @webhooks.post("/twilio/inbound")
 def twilio_inbound() -> Response:
-    """An SMS from a customer: opt-out keywords, HELP, or an answer for the responses module."""
+    """An SMS from a customer: opt-out keywords, HELP, or an answer for the responses module. Each MessageSid
+    changes things once; a copy is answered again, or refused when it is older than the replay window."""
     _require_twilio_signature()
-    settings = _settings()
+    sid = inbound.message_sid(request.form)
+    if sid is None:
+        return _refused("an inbound SMS without a MessageSid")
+    settings, now = _settings(), _now()
     phone, body = request.form.get("From", ""), request.form.get("Body", "")
-    word = keyword(body)
-    with transaction(_factory()) as session:
+    with _factory()() as session:
+        seen = inbound.seen_before(session, sid)
         language = language_of(session, phone, body, settings.default_language)
+    if seen is not None:
+        if inbound.too_old(seen, now, settings.inbound_replay_window_seconds):
+            return _refused("a replay of an SMS first seen longer ago than the replay window")
+        return _twiml(seen.answer)
+    word = keyword(body)
+    if word is not None:
+        return _twiml(_answer_keyword(settings, sid, word, phone, body, language, now))
+    return _twiml(_answer_reply(settings, sid, phone, body, language, now))
+
+
+def _refused(reason: str) -> Response:
+    log.warning("refused %s", reason)
+    return Response(f"refused: {reason}\n", status=403, mimetype="text/plain")
+
+
+def _answer_keyword(settings: Settings, sid: str, word: str, phone: str, body: str, language: str,
+                    now: datetime) -> str:
+    answer = reply(settings, word, language)
+    with transaction(_factory()) as session:
+        inbound.forget_old_answers(session, now, settings.inbound_replay_window_seconds)
+        if not inbound.remember(session, sid, word, phone, now, answer):
+            return answer  # a concurrent copy of the same message did the work
         if word == "stop":
             record_opt_out(session, "sms", phone, "sms_stop", actor="inbound-sms")
         elif word == "start":
             lift_opt_out(session, "sms", phone)
         elif word == "help":
-            record_help(session, phone, body, _now())
-    if word is not None:
-        return _twiml(reply(settings, word, language))
-    sid = request.form.get("MessageSid") or request.form.get("SmsSid")  # same on a re-delivery
-    return _twiml(_answer_reply(settings, phone, body, language, sid))
+            record_help(session, phone, body, now)
+    return answer
 
 
-def _answer_reply(settings: Settings, phone: str, body: str, language: str, sid: str | None) -> str | None:
+def _answer_reply(settings: Settings, sid: str, phone: str, body: str, language: str, now: datetime
+                  ) -> str | None:
     try:
         with transaction(_factory()) as session:
-            now = _now()
-            thanks = answer_sms_score(session, settings, phone, body, now)
-            if thanks is not None:
-                return thanks
-            return handle_sms_reply(session, settings, phone, body, now, message_sid=sid)
+            inbound.forget_old_answers(session, now, settings.inbound_replay_window_seconds)
+            if not inbound.remember(session, sid, "reply", phone, now):
+                return inbound.seen_before(session, sid).answer  # a concurrent copy answered it
+            answer = answer_sms_score(session, settings, phone, body, now)
+            if answer is None:
+                answer = handle_sms_reply(session, settings, phone, body, now, message_sid=sid)
+            inbound.keep_answer(session, sid, answer)
+            return answer
     except Exception:  # noqa: BLE001 - the customer still gets an answer; the error goes to the log
         log.exception("the SMS reply from %s could not be handled", mask_contact(phone))
         return reply(settings, "help", language)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -162,7 +163,7 @@ def signed_post(client, path: str, fields: dict[str, str]):
 def sms_from(client, phone: str, body: str) -> str:
     """An inbound SMS; returns the TwiML answer's text."""
     answer = signed_post(client, "/twilio/inbound", {"From": phone, "To": "+15005550006", "Body": body,
-                                                     "MessageSid": "SM" + "7" * 32})
+                                                     "MessageSid": "SM" + uuid.uuid4().hex})
     assert answer.status_code == 200
     return answer.get_data(as_text=True)
 

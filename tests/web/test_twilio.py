@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import sys
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -60,7 +61,7 @@ def post_receipt(client, standin: TwilioStandIn, message: dict, status: str, err
 def post_inbound(client, settings, body: str, phone: str = PHONE):
     from twilio.request_validator import RequestValidator
 
-    fields = {"AccountSid": settings.twilio_account_sid, "MessageSid": "SM" + "1" * 32, "From": phone,
+    fields = {"AccountSid": settings.twilio_account_sid, "MessageSid": "SM" + uuid.uuid4().hex, "From": phone,
               "To": settings.twilio_from, "Body": body, "NumMedia": "0"}
     signature = RequestValidator(settings.twilio_auth_token).compute_signature(
         f"{settings.public_base_url}/twilio/inbound", fields)
