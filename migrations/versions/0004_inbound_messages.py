@@ -5,7 +5,7 @@ first seen and the answer we gave: a re-delivered or replayed request is answere
 one first seen longer ago than the replay window is refused (issue 16, finding 2).
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-08 03:30:00
 """
 from alembic import op
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 
 revision = '0004'
-down_revision = '0002'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

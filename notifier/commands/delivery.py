@@ -33,16 +33,17 @@ def dispatch(ctx: click.Context, once: bool) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve the customers' choice pages and the Twilio webhooks (put a TLS proxy in front)."""
-    from werkzeug.serving import make_server
-
     from notifier.errors import NotifierError
     from notifier.web.app import create_app
+    from notifier.web.server import make_web_server
 
-    app = create_app(settings_from(ctx))
+    settings = settings_from(ctx)
+    app = create_app(settings)
     try:
-        server = make_server(host, port, app, threaded=True)
-    except OSError as exc:
-        raise NotifierError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+        server = make_web_server(app, host, port, settings)
+    except (OSError, SystemExit) as exc:  # werkzeug says why it cannot listen, then exits; we say it once
+        raise NotifierError(f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or 'in use?'})"
+                            ) from None
     click.echo(f"serving choice pages on http://{host}:{server.port}/c/<token> (Ctrl+C stops)")
     server.serve_forever()
 

@@ -278,6 +278,6 @@ def test_notifier_serve_answers_over_http(engine, tmp_settings):
 def test_notifier_serve_without_the_secret_says_what_to_set(engine, tmp_settings):
     result = CliRunner().invoke(main, ["serve"], env={"NOTIFIER_CONFIG": "", "NOTIFIER_SECRET_KEY": "",
                                                       "NOTIFIER_DATABASE_URL": tmp_settings.database_url})
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "notifier: the choice page needs the key the links were signed with: set NOTIFIER_SECRET_KEY"]
