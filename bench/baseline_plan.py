@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.store import audit
 from notifier.planning.audience import booking_ids_page, opted_out, recipients_for
-from notifier.broadcasts.lifecycle import (NoticeSpec, PlanResult, _decide_manual_approval, _needs_approval,
-                                           _preview_facts, _sailing_facts, dedup_key, notice_context)
+from notifier.broadcasts.lifecycle import NoticeSpec, PlanResult, _decide_manual_approval, _needs_approval, _preview_facts
+from notifier.planning.notices import dedup_key, notice_context, sailing_facts
 from notifier.store.settings import Settings
 from notifier.planning.contacts import is_current, recipients_checked
 from notifier.store.db import transaction
@@ -71,7 +71,7 @@ def _plan_disruption(factory: sessionmaker[Session], broadcast_id: int, disrupti
         disruption = session.get(Disruption, disruption_id)
         if disruption.planned_revision >= disruption.revision and disruption.status != "active":
             return
-        facts = _sailing_facts(session, disruption)
+        facts = sailing_facts(session, disruption)
         broadcast = session.get(Broadcast, broadcast_id)
         template, channels, audience = broadcast.template, list(broadcast.channels), broadcast.audience
         notice = NoticeSpec.of(broadcast, disruption, settings)

@@ -243,7 +243,7 @@ def choose_address(customer: Customer, notices: list[Any], now: datetime, settin
 
 def _context(settings: Settings, sailing_facts: Any, booking: Booking, customer: Customer, offers: list[Offer],
              deadline: datetime) -> dict[str, Any]:
-    from notifier.broadcasts.lifecycle import notice_context
+    from notifier.planning.notices import notice_context
     from notifier.aftercare.responses import default_policy
 
     context = notice_context(sailing_facts, booking, customer, offers, settings, customer.language, deadline)
@@ -252,7 +252,7 @@ def _context(settings: Settings, sailing_facts: Any, booking: Booking, customer:
 
 def reminder_facts(session: Session, disruption: Disruption, facts: dict[int, Any]) -> Any:
     """The disruption's `broadcasts.SailingFacts`, made once per disruption and kept in `facts`."""
-    from notifier.broadcasts.lifecycle import SailingFacts
+    from notifier.planning.notices import SailingFacts
     from notifier.planning.offers import candidates_for
 
     if disruption.id not in facts:

@@ -20,7 +20,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -35,8 +35,8 @@ from notifier.errors import NotifierError, UsageError
 from notifier.planning.audience import AUDIENCE_KINDS
 from notifier.store.settings import Settings
 from notifier.store.db import insert_ignore, transaction
-from notifier.disruptions import apply_impacts, clear, notice_extras, strength
-from notifier.messages import TemplateError, local_time, money, render
+from notifier.disruptions import apply_impacts, clear, strength
+from notifier.messages import TemplateError, local_time, render
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, Notification, Offer, Port, Route,
                                    Sailing, Vessel, utcnow)
 from notifier.planning.offers import Candidate, candidates_for, planning_order, release
@@ -46,32 +46,14 @@ from notifier.planning.writer import (ChunkNotices, ChunkWriter, FreePlaces, Pla
                                       prepare_chunk, write_ahead)
 from notifier.rules.engine import Impact
 from notifier.planning.shapes import ShapeBook
+from notifier.planning.notices import (CAUSE_WORDS, SailingFacts, dedup_key, notice_context,
+                                      sailing_facts)
 
-CAUSE_WORDS = {"en": {"weather": "severe weather", "port_closure": "a port closure", "strike": "industrial action",
-                      "technical": "a technical fault", "schedule": "a schedule change",
-                      "operations": "operational reasons"},
-               "zh-CN": {"weather": "恶劣天气", "port_closure": "港口关闭", "strike": "罢工",
-                         "technical": "技术故障", "schedule": "班期调整", "operations": "运营原因"}}
-TYPHOON_WORDS = {"en": "the typhoon", "zh-CN": "台风"}
 # Bookings per planning transaction: the first chunk is small so the first notices are dispatchable at once,
 # then chunks grow to MAX_CHUNK (see ChunkSizes).
 FIRST_CHUNK = 10
 MAX_CHUNK = 2000
 
-
-@dataclass
-class SailingFacts:
-    """Everything about one disrupted sailing that every booking's message shares, computed once."""
-
-    disruption: Disruption
-    sailing: Sailing
-    origin: Port
-    destination: Port
-    route: Route
-    candidates: list[Candidate]
-    candidate_ports: dict[int, Port]
-    vessel_name: str = ""
-    local: dict[tuple, Any] = field(default_factory=dict)  # (what, language ...) -> text or values made once
 
 
 @dataclass(frozen=True)
@@ -293,15 +275,6 @@ class SailingPlans:
         return self.candidates[key]
 
 
-def _sailing_facts(session: Session, disruption: Disruption) -> SailingFacts:
-    sailing = session.get(Sailing, disruption.sailing_id)
-    candidates = candidates_for(session, disruption)
-    ports = {p.id: p for p in session.scalars(select(Port))} if candidates else {}
-    return SailingFacts(disruption=disruption, sailing=sailing, origin=session.get(Port, sailing.origin_port_id),
-                        destination=session.get(Port, sailing.destination_port_id),
-                        route=session.get(Route, sailing.route_id), candidates=candidates, candidate_ports=ports,
-                        vessel_name=sailing.vessel.name if sailing.vessel else "")
-
 
 def _plan_chunk(session: Session, broadcast_id: int, parts: list[ChunkPart], settings: Settings, now: datetime,
                 initial_status: str, result: PlanResult) -> None:
@@ -442,94 +415,6 @@ def _decide_manual_approval(broadcast: Broadcast, settings: Settings) -> None:
     broadcast.status = "awaiting_approval" if reasons else "approved"
     broadcast.preview = {**(broadcast.preview or {}), "approval_reasons": reasons}
 
-
-def dedup_key(booking_id: int | None, recipient: str, channel: str, disruption_id: int | None, revision: int) -> str:
-    """The outbox's unique key: the same notice is never planned twice, whoever triggered it."""
-    return f"{booking_id}:{recipient}:{channel}:{disruption_id}:{revision}"
-
-
-def _port_name(port: Port, language: str) -> str:
-    return port.name_zh if language.startswith("zh") and port.name_zh else port.name
-
-
-def _cached(facts: SailingFacts, key: str, language: str, make) -> str:  # noqa: ANN001
-    if (key, language) not in facts.local:
-        facts.local[(key, language)] = make()
-    return facts.local[(key, language)]
-
-
-def notice_context(facts: SailingFacts, booking: Booking, customer: Customer, offers: list[Offer],
-                   settings: Settings, language: str, deadline: datetime | None,
-                   reason: str | None = None) -> dict[str, Any]:
-    """The values a notice template may use (every one always present, so StrictUndefined catches typos).
-
-    Built from parts that `shapes.ShapeBook` computes once and shares: what the sailing and broadcast say, what
-    the booking says, what the offers say, and the three per-person values (name, booking reference, link)."""
-    until = deadline or facts.sailing.scheduled_departure
-    return {**sailing_values(facts, settings, language, reason), "customer": {"name": customer.name},
-            "booking": booking_values(booking), **offer_values(facts, offers, language, deadline),
-            "link": choice_link(settings, booking.id, facts.disruption.id, until),
-            # delay, window, previous_kind, resumption, headline, port_call, entitlements (notifier.disruptions)
-            **notice_extras(facts, booking, language)}
-
-
-def sailing_values(facts: SailingFacts, settings: Settings, language: str, reason: str | None) -> dict[str, Any]:
-    """The part of a notice's values every booking of the sailing shares (made once per language)."""
-    key = ("context", language, reason or "")
-    if key not in facts.local:
-        lang = "zh-CN" if language.startswith("zh") else "en"
-        sailing, disruption, tz = facts.sailing, facts.disruption, facts.origin.timezone
-        policy = set(disruption.policy.get("entitlements", []))
-        cause_key = disruption.cause
-        event = (disruption.cause_text or "").lower()
-        typhoon = "typhoon" in event or "cyclone" in event
-        facts.local[key] = {
-            "company": settings.company_name_zh if lang == "zh-CN" else settings.company_name,
-            "helpline": settings.helpline,
-            "sailing": {"code": sailing.code, "route": facts.route.name, "status": sailing.status,
-                        "origin": _port_name(facts.origin, language),
-                        "destination": _port_name(facts.destination, language),
-                        "departure": local_time(sailing.scheduled_departure, tz, language),
-                        "arrival": local_time(sailing.scheduled_arrival, facts.destination.timezone, language),
-                        "vessel": facts.vessel_name, "voyage": sailing.voyage or ""},
-            "disruption": {"kind": disruption.kind, "delay_minutes": disruption.delay_minutes,
-                           "status": disruption.status,
-                           "cause": TYPHOON_WORDS[lang] if typhoon else CAUSE_WORDS[lang].get(cause_key, cause_key),
-                           "event": disruption.cause_text or ""},
-            "reason": reason or "",
-            "do_not_come": "do_not_come_to_port" in policy,
-            "eu": facts.route.jurisdiction == "EU",
-        }
-    return facts.local[key]
-
-
-def booking_values(booking: Booking) -> dict[str, Any]:
-    """What a notice may say about the booking itself."""
-    return {"ref": booking.ref, "kind": booking.kind, "party_size": booking.party_size, "teu": booking.teu}
-
-
-def offer_values(facts: SailingFacts, offers: list[Offer], language: str, deadline: datetime | None
-                 ) -> dict[str, Any]:
-    """What a notice may say about the booking's choices: the alternatives, the refund, the deadline."""
-    tz = facts.origin.timezone
-    by_id = {c.sailing_id: c for c in facts.candidates}
-    alternatives = []
-    for offer in offers:
-        if offer.kind in {"rebook", "standby"} and offer.sailing_id in by_id:
-            candidate = by_id[offer.sailing_id]
-            alternatives.append({"key": offer.option_key, "code": candidate.code, "held": offer.status == "held",
-                                 "departure": _cached(facts, f"dep{candidate.sailing_id}", language,
-                                                      lambda c=candidate: local_time(c.departure, tz, language))})
-    refund = next((o for o in offers if o.kind == "refund"), None)
-    return {"alternatives": alternatives,
-            "refund": {"amount": money(refund.amount, refund.currency, language)} if refund else None,
-            "deadline": local_time(deadline, tz, language) if deadline else ""}
-
-
-def choice_link(settings: Settings, booking_id: int, disruption_id: int, until: datetime) -> str:
-    """The signed link to a booking's choice page."""
-    return links.choice_url(settings.public_base_url, links.make_token(settings.secret_key or "demo-secret",
-                                                                       booking_id, disruption_id, until))
 
 
 # --- manual broadcasts: target, create, approve, send, pause, resume, cancel, correct ------------------------------
@@ -1084,9 +969,9 @@ def _plan_correction_chunk(session: Session, correction_id: int, original_id: in
                            .where(Notification.id.in_(notice_ids)).order_by(Notification.id)).all()
     for told, booking, customer in rows:
         if told.disruption_id not in facts:
-            facts[told.disruption_id] = _sailing_facts(session, session.get(Disruption, told.disruption_id))
-        sailing_facts = facts[told.disruption_id]
-        context = notice_context(sailing_facts, booking, customer, [], settings, told.language, None, reason)
+            facts[told.disruption_id] = sailing_facts(session, session.get(Disruption, told.disruption_id))
+        about = facts[told.disruption_id]
+        context = notice_context(about, booking, customer, [], settings, told.language, None, reason)
         rendered = render(told.channel, template, told.language, context)
         values.append({"dedup_key": dedup_key(booking.id, told.recipient, told.channel, told.disruption_id,
                                               told.revision) + f":correction:{original_id}",

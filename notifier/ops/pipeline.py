@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from notifier.store import audit
 from notifier.errors import NotifierError
 from notifier.planning.audience import AUDIENCE_KINDS, opted_out, recipients_for
-from notifier.broadcasts.lifecycle import (PlanResult, SailingFacts, create_automatic, dedup_key, notice_context,
-                                           pending_broadcasts, plan_broadcast)
+from notifier.broadcasts.lifecycle import PlanResult, create_automatic, pending_broadcasts, plan_broadcast
+from notifier.planning.notices import SailingFacts, dedup_key, notice_context
 from notifier.store.settings import Settings
 from notifier.store.db import insert_ignore, transaction
 from notifier.disruptions import PENDING, TOLD, Outcome, expire, lineage_keys, reconcile, source_key, withdraw

@@ -57,6 +57,7 @@ from notifier.store.db import pages, transaction
 from notifier.store.models import Booking, Customer, Disruption, Notification, Offer, OptOut, SailingCapacity, utcnow
 from notifier.planning.offers import (COMPENSATION_KEY, REFUND_KEY, Candidate, held_places, lock_capacity, needs,
                                       rebooking_owed, refund_amount, release, suits)
+from notifier.planning.notices import dedup_key
 from notifier.planning.shapes import AttributeMemo, Unfilled
 
 ALLOCATION_ATTEMPTS = 3
@@ -827,8 +828,6 @@ def _chunk_notices(session: Session, parts: list[Any], chunk: dict, made: dict, 
 def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], made: dict, planned: dict,
                   checks: dict[int, dict[str, Any]], stops: frozenset, respect: bool, broadcast_id: int,
                   initial_status: str, notices: ChunkNotices) -> None:
-    from notifier.broadcasts.lifecycle import dedup_key
-
     plan = part.plan
     disruption = plan.facts.disruption
     disruption_id, revision, book, suffix = disruption.id, disruption.revision, plan.book, plan.notice.key_suffix

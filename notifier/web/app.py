@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.planning import links
-from notifier.broadcasts.lifecycle import CAUSE_WORDS, TYPHOON_WORDS
+from notifier.planning.notices import CAUSE_WORDS, TYPHOON_WORDS
 from notifier.store.settings import ConfigError, Settings
 from notifier.store.db import make_engine, require_schema, session_factory, transaction
 from notifier.messages import local_time, money

@@ -19,8 +19,8 @@ from sqlalchemy import func, select, update
 from bench.baseline_plan import plan_one_by_one
 from notifier.broadcasts import lifecycle as broadcasts
 from notifier.planning.audience import Recipient, opted_out, recipients_for
-from notifier.broadcasts.lifecycle import (BroadcastRequest, SailingFacts, create_automatic, notice_context,
-                                           plan_broadcast)
+from notifier.broadcasts.lifecycle import BroadcastRequest, create_automatic, plan_broadcast
+from notifier.planning.notices import SailingFacts, choice_link, notice_context
 from notifier.planning.contacts import check_contacts, contact_check, is_current, recipients_checked
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.ops.demo import bundled_feed, generate
@@ -369,7 +369,7 @@ def test_the_choice_link_of_a_shape_is_the_link_every_notice_carries(factory, tm
     book = ShapeBook(facts, "cancelled", tmp_settings, None)
     for booking_id in (1, 35, 36, 1295, 1296, 46655, 46656, 10**9 + 7):
         for deadline in (None, DEMO_NOW + timedelta(hours=12)):
-            assert book.link(booking_id, deadline) == broadcasts.choice_link(
+            assert book.link(booking_id, deadline) == choice_link(
                 tmp_settings, booking_id, facts.disruption.id, deadline or facts.sailing.scheduled_departure)
 
 
