@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.store import audit
 from notifier.planning.audience import booking_ids_page, opted_out, recipients_for
-from notifier.broadcasts.lifecycle import NoticeSpec, PlanResult, _decide_manual_approval, _needs_approval, _preview_facts
+from notifier.planning.chunks import NoticeSpec
+from notifier.planning.plan import _needs_approval, decide_manual_approval, preview_facts
+from notifier.planning.writer import PlanResult
 from notifier.planning.notices import dedup_key, notice_context, sailing_facts
 from notifier.store.settings import Settings
 from notifier.planning.contacts import is_current, recipients_checked
@@ -53,9 +55,9 @@ def plan_one_by_one(factory: sessionmaker[Session], broadcast_id: int, settings:
         broadcast = session.get(Broadcast, broadcast_id)
         broadcast.recipient_count = session.scalar(
             select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
-        broadcast.preview = _preview_facts(broadcast.preview, result)
+        broadcast.preview = preview_facts(broadcast.preview, result)
         if broadcast.status == "planning" and manual:
-            _decide_manual_approval(broadcast, settings)
+            decide_manual_approval(broadcast, settings)
         elif broadcast.status == "planning":
             broadcast.status = "awaiting_approval" if needs_approval else "sending"
         audit.record(session, broadcast.created_by, "broadcast.planned", "broadcast", broadcast_id,

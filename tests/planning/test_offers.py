@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, update
 
-from notifier.broadcasts.lifecycle import create_automatic, plan_broadcast
+from notifier.planning.plan import create_automatic, plan_broadcast
 from notifier.store.settings import ConfigError
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.rules.entitlements import policy_tags
