@@ -17,7 +17,7 @@ from notifier.store import audit
 from notifier.planning.audience import booking_ids_page, opted_out, recipients_for
 from notifier.planning.chunks import NoticeSpec
 from notifier.planning.plan import _needs_approval, decide_manual_approval, preview_facts
-from notifier.planning.writer import PlanResult
+from notifier.planning.chunk_plan import PlanResult
 from notifier.planning.notices import dedup_key, notice_context, sailing_facts
 from notifier.store.settings import Settings
 from notifier.planning.contacts import is_current, recipients_checked

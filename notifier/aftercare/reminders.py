@@ -35,7 +35,8 @@ from notifier.messages import local_time, render
 from notifier.store.models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, Port, Route,
                                    Sailing, utcnow)
 from notifier.delivery.optouts import opted_out_pairs
-from notifier.planning.writer import NOTICE_COLUMNS, bulk_insert
+from notifier.planning.chunk_plan import NOTICE_COLUMNS
+from notifier.store.bulk import bulk_insert
 
 TEMPLATE = "reminder"
 CHOOSABLE = ("rebook", "standby", "refund")

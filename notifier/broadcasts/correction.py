@@ -13,7 +13,7 @@ from notifier.broadcasts.manual import (TOLD, NothingToSend, broadcast_of, clean
 from notifier.messages import render
 from notifier.planning.notices import SailingFacts, dedup_key, notice_context, sailing_facts
 from notifier.planning.plan import MAX_CHUNK, decide_manual_approval, preview_facts
-from notifier.planning.writer import PlanResult, note_skipped
+from notifier.planning.chunk_plan import PlanResult, note_skipped
 from notifier.store import audit
 from notifier.store.db import insert_ignore, transaction
 from notifier.store.models import Booking, Broadcast, Customer, Disruption, Notification, utcnow

@@ -29,7 +29,7 @@ from notifier.store import audit
 from notifier.errors import NotifierError
 from notifier.planning.audience import AUDIENCE_KINDS, opted_out, recipients_for
 from notifier.planning.plan import create_automatic, pending_broadcasts, plan_broadcast
-from notifier.planning.writer import PlanResult
+from notifier.planning.chunk_plan import PlanResult
 from notifier.planning.notices import SailingFacts, dedup_key, notice_context
 from notifier.store.settings import Settings
 from notifier.store.db import insert_ignore, transaction

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,7 +19,8 @@ from notifier.planning.audience import AUDIENCE_KINDS
 from notifier.planning.notices import SailingFacts
 from notifier.planning.offers import Candidate, candidates_for
 from notifier.planning.shapes import ShapeBook
-from notifier.store.models import Booking, Broadcast, Disruption, Port, Route, Sailing, Vessel
+from notifier.store.bulk import read_where_in
+from notifier.store.models import Booking, Broadcast, Customer, Disruption, Port, Route, Sailing, Vessel
 from notifier.store.settings import Settings
 
 # Bookings per planning transaction: the first chunk is small so the first notices are dispatchable at once,
@@ -177,3 +179,58 @@ class SailingPlans:
             self.candidates[key] = candidates_for(session, disruption)
             session.expunge(sailing)
         return self.candidates[key]
+
+
+# --- what a chunk reads of its bookings -------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class BookingRow:
+    """What planning reads of a booking (a plain row, not an ORM object: 100,000 of them are cheap)."""
+
+    id: int
+    ref: str
+    kind: str
+    customer_id: int
+    sailing_id: int
+    space_class: str
+    party_size: int
+    vehicles: int
+    accessibility_needs: bool
+    containers: int
+    teu: int
+    reefer_plugs: int
+    dangerous_goods: bool
+    fare_paid: Decimal
+    currency: str
+
+    @property
+    def places(self) -> int:
+        """How many places of `space_class` this booking occupies (as Booking.places)."""
+        return self.teu if self.kind == "cargo" else self.party_size
+
+
+@dataclass(slots=True)
+class CustomerRow:
+    """What planning reads of a customer."""
+
+    id: int
+    name: str
+    phone: str | None
+    email: str | None
+    language: str
+    channels: list[Any]
+    contact_check: dict[str, Any] | None
+
+
+BOOKING_FIELDS = tuple(BookingRow.__dataclass_fields__)
+CUSTOMER_FIELDS = tuple(CustomerRow.__dataclass_fields__)
+
+
+def read_chunk(session: Session, booking_ids: list[int]) -> dict[int, tuple[BookingRow, CustomerRow]]:
+    """The chunk's bookings with their customers, by booking id (read by the driver: store.bulk.read_where_in)."""
+    columns = [Booking.__table__.c[name] for name in BOOKING_FIELDS] + \
+              [Customer.__table__.c[name] for name in CUSTOMER_FIELDS]
+    width = len(BOOKING_FIELDS)
+    return {values[0]: (BookingRow(*values[:width]), CustomerRow(*values[width:])) for values in read_where_in(
+        session, columns, "bookings JOIN customers ON customers.id = bookings.customer_id", "bookings.id",
+        booking_ids)}

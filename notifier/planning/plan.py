@@ -28,9 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from notifier.planning.audience import AUDIENCE_KINDS
 from notifier.planning.chunks import ChunkPart, ChunkSizes, SailingPlans, cut_chunks
 from notifier.planning.offers import planning_order
-from notifier.planning.writer import (ChunkNotices, ChunkWriter, FreePlaces, PlanResult, PreparedChunk, WriterProcess,
-                                      collector_paused, defer_checkpoint, mark_finished, plan_chunk, prepare_chunk,
-                                      write_ahead)
+from notifier.planning.allocate import FreePlaces
+from notifier.planning.chunk_plan import (ChunkNotices, PlanResult, PreparedChunk, mark_finished, plan_chunk,
+                                          prepare_chunk, write_ahead)
+from notifier.planning.writer import ChunkWriter, WriterProcess, collector_paused
+from notifier.store.bulk import defer_checkpoint
 from notifier.store import audit
 from notifier.store.db import transaction
 from notifier.store.models import Booking, Broadcast, Disruption, Notification, utcnow

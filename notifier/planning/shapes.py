@@ -231,7 +231,7 @@ class NoticeShape:
 class Unfilled(NamedTuple):
     """A shaped notice whose per-person values are put in later, where it is written: planning sends the shape
     (once per chunk: pickle keeps one copy of a shared object) and a few values to the writer process instead of
-    the whole text, and the writer fills it in (`planning.fill_rows`). A tuple: it crosses to the writer process
+    the whole text, and the writer fills it in (`chunk_plan.fill_rows`). A tuple: it crosses to the writer process
     many times faster than a dataclass."""
 
     shape: NoticeShape
