@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from notifier.store import audit
 from notifier.store.models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Sailing, utcnow
-from notifier.planning.offers import candidates_for, release_many
+from notifier.store.capacity import candidates_for, release_many
 from notifier.rules.engine import STRENGTH, Impact
 
 LIVE = ("active", "superseded")

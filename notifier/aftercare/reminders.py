@@ -254,7 +254,7 @@ def _context(settings: Settings, sailing_facts: Any, booking: Booking, customer:
 def reminder_facts(session: Session, disruption: Disruption, facts: dict[int, Any]) -> Any:
     """The disruption's `broadcasts.SailingFacts`, made once per disruption and kept in `facts`."""
     from notifier.planning.notices import SailingFacts
-    from notifier.planning.offers import candidates_for
+    from notifier.store.capacity import candidates_for
 
     if disruption.id not in facts:
         sailing = session.get(Sailing, disruption.sailing_id)

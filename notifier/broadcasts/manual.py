@@ -26,7 +26,7 @@ from notifier.errors import NotifierError, UsageError
 from notifier.messages import TemplateError
 from notifier.planning.audience import AUDIENCE_KINDS
 from notifier.planning.notices import CAUSE_WORDS
-from notifier.planning.offers import release
+from notifier.store.capacity import release
 from notifier.planning.plan import MAX_CHUNK, plan_broadcast
 from notifier.rules.engine import Impact
 from notifier.store import audit

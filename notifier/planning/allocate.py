@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from notifier.planning.chunks import BookingRow, SailingPlan
-from notifier.planning.offers import (COMPENSATION_KEY, REFUND_KEY, Candidate, held_places, lock_capacity, needs,
-                                      rebooking_owed, refund_amount, release, suits)
+from notifier.planning.offers import COMPENSATION_KEY, REFUND_KEY, needs, rebooking_owed, refund_amount, suits
+from notifier.store.capacity import Candidate, held_places, lock_capacity, release
 from notifier.planning.shapes import AttributeMemo
 from notifier.rules import entitlements
 from notifier.store.bulk import PAGE, bulk_insert, rows_where_in

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.planning.audience import AUDIENCE_KINDS
 from notifier.planning.notices import SailingFacts
-from notifier.planning.offers import Candidate, candidates_for
+from notifier.store.capacity import Candidate, candidates_for
 from notifier.planning.shapes import ShapeBook
 from notifier.store.bulk import read_where_in
 from notifier.store.models import Booking, Broadcast, Customer, Disruption, Port, Route, Sailing, Vessel
@@ -169,7 +169,7 @@ class SailingPlans:
                             False: [i for i, needs in rows if not needs]}, self.shared)
 
     def _candidates(self, session: Session, disruption: Disruption, sailing: Sailing) -> list[Candidate]:
-        # `offers.candidates_for` depends on the ports, the route (first), and the moment after which to look;
+        # `capacity.candidates_for` depends on the ports, the route (first), and the moment after which to look;
         # on the sailing itself only when it departs after that moment (it is never its own alternative).
         after = max(filter(None, [disruption.window_end, sailing.scheduled_departure]))
         key = (sailing.origin_port_id, sailing.destination_port_id, sailing.route_id, after,

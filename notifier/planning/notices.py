@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from notifier.messages import local_time, money
 from notifier.planning import links
-from notifier.planning.offers import Candidate, candidates_for
+from notifier.store.capacity import Candidate, candidates_for
 from notifier.rules.entitlements import notice_lines
 from notifier.store.models import Booking, Customer, Disruption, Offer, Port, Route, Sailing
 from notifier.store.settings import Settings

@@ -20,8 +20,8 @@ from notifier.ops.demo import bundled_feed, generate
 from notifier.feeds import cap
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, Offer, Port, Route, Sailing,
                                    SailingCapacity)
-from notifier.planning.offers import (candidates_for, convert_hold, expire_holds, make_offers, planning_order,
-                                      refund_amount, release)
+from notifier.planning.offers import expire_holds, make_offers, planning_order, refund_amount
+from notifier.store.capacity import candidates_for, convert_hold, release
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, process_new_items
 from notifier.rules.engine import load_rule_set, load_rules

@@ -32,7 +32,7 @@ from notifier.feeds import cap
 from notifier.messages import render, sms_segments
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, Notification, Offer, OptOut, Port, Route,
                                    Sailing, SailingCapacity)
-from notifier.planning.offers import candidates_for
+from notifier.store.capacity import candidates_for
 from notifier.store.paths import rules_dir, templates_dir
 from notifier.ops.pipeline import ingest, process_new_items
 from notifier.rules.engine import Impact, load_rules
