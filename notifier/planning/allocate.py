@@ -19,10 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from notifier.planning.chunks import BookingRow, SailingPlan
+from notifier.planning.notices import SailingFacts
 from notifier.planning.offers import COMPENSATION_KEY, REFUND_KEY, needs, rebooking_owed, refund_amount, suits
 from notifier.store.capacity import Candidate, held_places, lock_capacity, release
 from notifier.planning.shapes import AttributeMemo
 from notifier.rules import entitlements
+from notifier.rules.entitlements import Situation
 from notifier.store.bulk import PAGE, bulk_insert, rows_where_in
 from notifier.store.db import pages
 from notifier.store.models import Offer, SailingCapacity, utcnow
@@ -65,8 +67,8 @@ def offers_made(session: Session, booking_ids: list[int]) -> dict[tuple[int, int
     return made
 
 
-def allocate_offers(session: Session, work: list[tuple[Any, list[BookingRow]]], settings: Any, now: datetime
-                    ) -> dict[tuple[int, int], list[PlannedOffer]]:
+def allocate_offers(session: Session, work: list[tuple[SailingPlan, list[BookingRow]]], settings: Settings,
+                    now: datetime) -> dict[tuple[int, int], list[PlannedOffer]]:
     """Offers for the bookings of one chunk, by (booking, disruption): `work` is (sailing plan, bookings) in
     planning order. Each booking gets what `offers.make_offers` would give it, in the same order: held places on
     up to N suitable alternatives (else a standby on the first suitable one), the refund, compensation where
@@ -94,7 +96,8 @@ def allocate_offers(session: Session, work: list[tuple[Any, list[BookingRow]]], 
                        "capacity keeps changing under this planner")
 
 
-def _earlier_holds(session: Session, work: list[tuple[Any, list[BookingRow]]]) -> dict[tuple[int, int], list[Offer]]:
+def _earlier_holds(session: Session, work: list[tuple[SailingPlan, list[BookingRow]]]
+                   ) -> dict[tuple[int, int], list[Offer]]:
     # A revised disruption replaces its earlier offers: their held places go back before new ones are taken.
     revised = {plan.facts.disruption.id: plan.facts.disruption.revision for plan, _ in work
                if plan.facts.disruption.revision > 1}
@@ -119,8 +122,8 @@ def _free_places(session: Session, sailing_ids: set[int]) -> dict[tuple[int, str
     return free
 
 
-def _allocate(session: Session, plan: Any, bookings: list[BookingRow], free: dict[tuple[int, str], int],
-              taken: Counter, released: dict[tuple[int, int], list[Offer]], settings: Any, now: datetime,
+def _allocate(session: Session, plan: SailingPlan, bookings: list[BookingRow], free: dict[tuple[int, str], int],
+              taken: Counter, released: dict[tuple[int, int], list[Offer]], settings: Settings, now: datetime,
               planned: dict[tuple[int, int], list[PlannedOffer]]) -> None:
     facts, memos = plan.facts, plan.shared.setdefault("memos", _Memos())
     disruption = facts.disruption
@@ -188,7 +191,8 @@ class _Terms:
     """What `offers` and `entitlements` say about one kind of booking on one sailing: the places it needs, the
     alternatives that suit it, its refund, its situation (for compensation)."""
 
-    def __init__(self, booking: Any, candidates: list[Candidate], facts: Any, settings: Any) -> None:
+    def __init__(self, booking: BookingRow, candidates: list[Candidate], facts: SailingFacts, settings: Settings
+                 ) -> None:
         disruption = facts.disruption
         self.wanted = needs(booking)
         self.items = tuple(self.wanted.items())
@@ -207,7 +211,7 @@ class _Memos:
         self.compensation: dict[tuple, tuple[Decimal, str] | None] = {}
         self.policies: dict[int, str] = {}
 
-    def compensation_of(self, session: Session, facts: Any, booking: BookingRow, situation: Any
+    def compensation_of(self, session: Session, facts: SailingFacts, booking: BookingRow, situation: Situation
                         ) -> tuple[Decimal, str] | None:
         """`entitlements.compensation`, once per (policies, situation): it depends on nothing else."""
         disruption = facts.disruption

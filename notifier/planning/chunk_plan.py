@@ -28,13 +28,14 @@ from sqlalchemy.orm import Session
 from notifier.planning.allocate import (FreePlaces, allocate_ahead, allocate_offers, hold_all, insert_offers,
                                         offer_rows, offers_made)
 from notifier.planning.audience import Unreachable
-from notifier.planning.chunks import BookingRow, CustomerRow, read_chunk
+from notifier.planning.chunks import BookingRow, ChunkPart, CustomerRow, SailingPlan, read_chunk
 from notifier.planning.contacts import contact_check, is_current, recipients_checked, store_checks
 from notifier.planning.notices import dedup_key
 from notifier.planning.shapes import Unfilled
 from notifier.rules import entitlements
 from notifier.store.bulk import bulk_insert, defer_checkpoint, rows_where_in
 from notifier.store.models import Disruption, Notification, OptOut, utcnow
+from notifier.store.settings import Settings
 
 NOTICE_COLUMNS = ("dedup_key", "booking_id", "customer_id", "disruption_id", "revision", "broadcast_id", "channel",
                   "recipient", "language", "template", "purpose", "subject", "body_text", "body_html", "segments",
@@ -98,7 +99,7 @@ class ChunkNotices:
     unreachable: list[Unreachable] = field(default_factory=list)
 
 
-def plan_chunk(session: Session, broadcast_id: int, parts: list[Any], settings: Any, now: datetime,
+def plan_chunk(session: Session, broadcast_id: int, parts: list[ChunkPart], settings: Settings, now: datetime,
                initial_status: str, result: Any) -> None:
     """Plan one chunk: `parts` are (sailing plan, booking ids) in planning order (chunks.ChunkPart)."""
     chunk, made, work = _chunk_work(session, parts)
@@ -118,7 +119,7 @@ class PreparedChunk:
     notices: ChunkNotices
 
 
-def prepare_chunk(session: Session, parts: list[Any], settings: Any, now: datetime, initial_status: str,
+def prepare_chunk(session: Session, parts: list[ChunkPart], settings: Settings, now: datetime, initial_status: str,
                   broadcast_id: int, free: FreePlaces) -> PreparedChunk:
     """Plan one chunk of a first-revision broadcast without writing: the allocation takes places from `free`."""
     chunk, made, work = _chunk_work(session, parts)
@@ -149,7 +150,8 @@ def mark_finished(session: Session, finished: dict[int, int]) -> None:
         session.execute(update(Disruption).where(Disruption.id == disruption_id).values(planned_revision=revision))
 
 
-def _chunk_work(session: Session, parts: list[Any]) -> tuple[dict, dict, list[tuple[Any, list[BookingRow]]]]:
+def _chunk_work(session: Session, parts: list[ChunkPart]
+                ) -> tuple[dict, dict, list[tuple[SailingPlan, list[BookingRow]]]]:
     # The chunk's bookings, the offers they already have, and (sailing plan, bookings still owed offers).
     ids = [booking_id for part in parts for booking_id in part.booking_ids]
     chunk = read_chunk(session, ids)
@@ -164,7 +166,7 @@ def _chunk_work(session: Session, parts: list[Any]) -> tuple[dict, dict, list[tu
     return chunk, made, work
 
 
-def _chunk_notices(session: Session, parts: list[Any], chunk: dict, made: dict, planned: dict, settings: Any,
+def _chunk_notices(session: Session, parts: list[ChunkPart], chunk: dict, made: dict, planned: dict, settings: Settings,
                    broadcast_id: int, initial_status: str) -> tuple[ChunkNotices, dict[int, dict[str, Any]]]:
     # The chunk's outbox rows, and the contact checks made afresh on the way (to be stored).
     checks, fresh = checked_contacts([customer for _, customer in chunk.values()])
@@ -177,7 +179,7 @@ def _chunk_notices(session: Session, parts: list[Any], chunk: dict, made: dict, 
     return notices, fresh
 
 
-def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], made: dict, planned: dict,
+def _part_notices(part: ChunkPart, chunk: dict[int, tuple[BookingRow, CustomerRow]], made: dict, planned: dict,
                   checks: dict[int, dict[str, Any]], stops: frozenset, respect: bool, broadcast_id: int,
                   initial_status: str, notices: ChunkNotices) -> None:
     plan = part.plan
@@ -217,7 +219,7 @@ def _part_notices(part: Any, chunk: dict[int, tuple[BookingRow, CustomerRow]], m
                          priority, 0))
 
 
-def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, result: Any) -> None:
+def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, result: PlanResult) -> None:
     result.unreachable.extend(notices.unreachable)
     result.bookings += notices.bookings
     if not notices.rows:

@@ -148,7 +148,7 @@ def choice_link(settings: Settings, booking_id: int, disruption_id: int, until: 
 
 # --- what a notice says about the lifecycle --------------------------------------------------------------------
 
-def notice_extras(facts: Any, booking: Any, language: str) -> dict[str, Any]:
+def notice_extras(facts: SailingFacts, booking: Any, language: str) -> dict[str, Any]:
     """Template values beyond the basic notice: delay and new times, the hazard window, what the disruption
     replaced, the resumption sailing, the omitted port, and the entitlements this customer has."""
     disruption, sailing = facts.disruption, facts.sailing
@@ -183,7 +183,7 @@ _PORT_CALL_WORDS = {"en": {"OMIT": "port call omitted", "BLNK": "sailing blanked
                               "SLID": "航次顺延", "ROTC": "挂港顺序调整"}}
 
 
-def _port_call(facts: Any, details: dict[str, Any], language: str) -> dict[str, str]:
+def _port_call(facts: SailingFacts, details: dict[str, Any], language: str) -> dict[str, str]:
     lang = "zh-CN" if language.startswith("zh") else "en"
     names = {facts.origin.locode: facts.origin, facts.destination.locode: facts.destination}
     ports = details.get("ports") or [facts.destination.locode]

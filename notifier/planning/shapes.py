@@ -37,8 +37,10 @@ from markupsafe import escape
 from notifier.planning import links
 from notifier.messages import (GSM7_BASIC, GSM7_EXTENDED, Rendered, environment, money, render,
                                       resolve_language, sms_segments)
-from notifier.planning.notices import booking_values, notice_context, notice_extras, offer_values, sailing_values
+from notifier.planning.notices import (SailingFacts, booking_values, notice_context, notice_extras, offer_values,
+                                      sailing_values)
 from notifier.store.paths import templates_dir
+from notifier.store.settings import Settings
 
 # Private-use characters: no template, name or reference contains them, and autoescape leaves them alone.
 OPEN, CLOSE = "\ue000", "\ue001"
@@ -321,7 +323,8 @@ class _Part:
 class ShapeBook:
     """The shapes of one disrupted sailing's notices in one broadcast, and the fill-in for each booking."""
 
-    def __init__(self, facts: Any, template: str, settings: Any, reason: str | None, folder: str | None = None
+    def __init__(self, facts: SailingFacts, template: str, settings: Settings, reason: str | None,
+                 folder: str | None = None
                  ) -> None:
         self.facts, self.template, self.settings, self.reason, self.folder = facts, template, settings, reason, folder
         self.booking_parts = AttributeMemo({"ref": MARKS["R"]})

@@ -16,13 +16,16 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from notifier.planning.chunk_plan import PreparedChunk
+from notifier.planning.chunks import ChunkPart
 from notifier.store.db import transaction
 
 class ChunkWriter:
@@ -32,7 +35,8 @@ class ChunkWriter:
     taken by another writer meanwhile is not written, nor is anything after it: `close` hands those chunks back
     to be planned again the ordinary way."""
 
-    def __init__(self, factory: Any, write: Any) -> None:
+    def __init__(self, factory: sessionmaker[Session], write: Callable[[Session, list[ChunkPart], PreparedChunk], bool]
+                 ) -> None:
         self.factory, self.write = factory, write
         self.ready = True  # a thread is there at once
         self.waiting: queue.Queue = queue.Queue(maxsize=1)
@@ -46,7 +50,7 @@ class ChunkWriter:
         """True once a chunk could not be written: the rest are planned again by the caller."""
         return bool(self.unwritten) or self.failure is not None
 
-    def put(self, parts: list[Any], prepared: PreparedChunk) -> None:
+    def put(self, parts: list[ChunkPart], prepared: PreparedChunk) -> None:
         """Queue a prepared chunk (waits while the one before is still waiting); a write that failed is raised
         here, so the planner stops at once."""
         if self.failure is not None:
