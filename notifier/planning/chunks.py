@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.planning.audience import AUDIENCE_KINDS
+from notifier.planning.audience import AUDIENCE_KINDS, NOTICE_ONLY_KINDS, audience_of
 from notifier.planning.notices import SailingFacts
 from notifier.store.capacity import Candidate, candidates_for
 from notifier.planning.shapes import ShapeBook
@@ -39,11 +39,13 @@ class NoticeSpec:
     @classmethod
     def of(cls, broadcast: Broadcast, disruption: Disruption, settings: Settings) -> NoticeSpec:
         """A manual advisory is a notice of its own (its dedup key names the broadcast). A manual broadcast holds
-        places only where the customer is owed a choice: a cancellation, or a delay beyond the refund threshold."""
+        places only where the customer is owed a choice: a cancellation, or a delay beyond the refund threshold;
+        an automatic one always, except an all-clear or an advisory (notices without offers)."""
         manual = broadcast.origin == "manual"
         owed_choice = broadcast.kind == "cancelled" or (
             broadcast.kind == "delayed" and (disruption.delay_minutes or 0) > settings.refund_delay_minutes)
-        return cls(reason=broadcast.reason, new_offers=not manual or owed_choice,
+        new_offers = owed_choice if manual else broadcast.kind not in NOTICE_ONLY_KINDS
+        return cls(reason=broadcast.reason, new_offers=new_offers,
                    key_suffix=f":notice:{broadcast.id}" if manual and broadcast.kind == "advisory" else "")
 
 
@@ -155,9 +157,8 @@ class SailingPlans:
             return None
         with self.factory() as session:
             candidates = self._candidates(session, disruption, sailing)
-            rows = session.execute(select(Booking.id, Booking.accessibility_needs).where(
-                Booking.sailing_id == sailing.id, Booking.status == "confirmed", Booking.kind.in_(self.kinds))
-                .order_by(Booking.id)).all()
+            rows = session.execute(select(Booking.id, Booking.accessibility_needs)
+                                   .where(*audience_of(self.broadcast, disruption)).order_by(Booking.id)).all()
         facts = SailingFacts(disruption=disruption, sailing=sailing, origin=self.ports[sailing.origin_port_id],
                              destination=self.ports[sailing.destination_port_id], route=self.routes[sailing.route_id],
                              candidates=candidates, candidate_ports=self.ports if candidates else {},

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.planning.audience import AUDIENCE_KINDS
+from notifier.planning.audience import AUDIENCE_KINDS, NOTICE_ONLY_KINDS
 from notifier.planning.chunks import ChunkPart, ChunkSizes, SailingPlans, cut_chunks
 from notifier.planning.offers import planning_order
 from notifier.planning.allocate import FreePlaces
@@ -71,7 +71,7 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
     # A manual broadcast is always planned on hold: the preview shows exactly what `broadcast send` releases.
     initial_status = "held" if needs_approval or manual else "queued"
     sailings = SailingPlans(factory, broadcast_id, disruption_ids, settings)
-    chunks = cut_chunks(sailings, planning_order(sailings.departures, settings.offer_priority), ChunkSizes(chunk))
+    chunks = cut_chunks(sailings, _order(sailings, settings), ChunkSizes(chunk))
     with collector_paused():
         if _can_plan_ahead(factory, sailings):
             chunks = _plan_ahead(factory, broadcast_id, chunks, settings, now, initial_status, result, sailings)
@@ -92,6 +92,15 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
                      notifications=result.notifications, unreachable=len(result.unreachable),
                      status=broadcast.status)
     return result
+
+
+def _order(sailings: SailingPlans, settings: Settings) -> list[tuple[int, bool | None]]:
+    # Notices without offers take no scarce places: an automatic all-clear or advisory tells its sailings in the
+    # order the rules named them, every booking of a sailing together.
+    broadcast = sailings.broadcast
+    if broadcast.origin == "automatic" and broadcast.kind in NOTICE_ONLY_KINDS:
+        return [(disruption_id, None) for disruption_id in sailings.departures]
+    return planning_order(sailings.departures, settings.offer_priority)
 
 
 def _needs_approval(session: Session, broadcast: Broadcast, disruption_ids: list[int]) -> bool:
