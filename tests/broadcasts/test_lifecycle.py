@@ -370,13 +370,13 @@ def test_a_broadcast_created_while_automatic_notices_are_in_flight_sends_nothing
         typhoon = {(n.booking_id, n.channel) for n in rows}
 
     # The duty officer cancels the whole route for the two days, typhoon sailings included.
-    manual = create(factory, tmp_settings, route="QZ-HAK-HAI", start="2026-09-14T08:00", end="2026-09-15T22:00",
+    by_hand = create(factory, tmp_settings, route="QZ-HAK-HAI", start="2026-09-14T08:00", end="2026-09-15T22:00",
                     kind="cancelled", delay_minutes=None)
 
-    preview = previews.preview(factory, manual, tmp_settings)
+    preview = previews.preview(factory, by_hand, tmp_settings)
     skipped = preview.facts["skipped"]
     assert skipped and {s["broadcast_id"] for s in skipped} == {automatic}
-    mine = notices(factory, manual)
+    mine = notices(factory, by_hand)
     assert mine and not typhoon & {(n.booking_id, n.channel) for n in mine}
     with factory() as session:
         on_route = set(session.scalars(select(Notification.booking_id).join(Booking).join(Sailing)
@@ -384,7 +384,7 @@ def test_a_broadcast_created_while_automatic_notices_are_in_flight_sends_nothing
                                               Sailing.code.like("QZ-HAK-HAI-%"))))
     assert sum(s["bookings"] for s in skipped) == len(on_route)
 
-    manual.send(factory, manual, "alice")
+    manual.send(factory, by_hand, "alice")
     with factory() as session, session.begin():  # the claimed ones come back as a dispatcher would leave them
         for notification in session.scalars(select(Notification).where(Notification.status == "sending")):
             notification.status = "queued"
