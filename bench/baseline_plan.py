@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.store import audit
 from notifier.planning.audience import booking_ids_page, opted_out, recipients_for
 from notifier.planning.chunks import NoticeSpec
-from notifier.planning.plan import _needs_approval, decide_manual_approval, preview_facts
+from notifier.planning.plan import record_planned, start_planning
 from notifier.planning.chunk_plan import PlanResult
 from notifier.planning.notices import dedup_key, notice_context, sailing_facts
 from notifier.store.settings import Settings
@@ -35,13 +34,7 @@ def plan_one_by_one(factory: sessionmaker[Session], broadcast_id: int, settings:
     current stored contact checks (as the bulk planner does) instead of validating every number again; `limit`
     stops after that many bookings (the benchmark's sample)."""
     now = now or utcnow()
-    with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        disruption_ids = list(broadcast.target.get("disruption_ids", []))
-        needs_approval = _needs_approval(session, broadcast, disruption_ids)
-        broadcast.needs_approval = needs_approval
-        manual = broadcast.origin == "manual"
-    initial_status = "held" if needs_approval or manual else "queued"
+    disruption_ids, needs_approval, initial_status = start_planning(factory, broadcast_id)
     with factory() as session:
         departures = {d: session.scalar(select(Sailing.scheduled_departure).join(
             Disruption, Disruption.sailing_id == Sailing.id).where(Disruption.id == d)) for d in disruption_ids}
@@ -52,17 +45,7 @@ def plan_one_by_one(factory: sessionmaker[Session], broadcast_id: int, settings:
         _plan_disruption(factory, broadcast_id, disruption_id, accessibility, settings, now, initial_status, result,
                          stored_contacts, limit)
     with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        broadcast.recipient_count = session.scalar(
-            select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
-        broadcast.preview = preview_facts(broadcast.preview, result)
-        if broadcast.status == "planning" and manual:
-            decide_manual_approval(broadcast, settings)
-        elif broadcast.status == "planning":
-            broadcast.status = "awaiting_approval" if needs_approval else "sending"
-        audit.record(session, broadcast.created_by, "broadcast.planned", "broadcast", broadcast_id,
-                     notifications=result.notifications, unreachable=len(result.unreachable),
-                     status=broadcast.status)
+        record_planned(session, broadcast_id, result, settings, needs_approval)
     return result
 
 

@@ -61,15 +61,8 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
                    now: datetime | None = None, chunk: int = MAX_CHUNK) -> PlanResult:
     """Plan every disruption of a broadcast into the outbox, chunk by chunk; safe to re-run after a crash."""
     now = now or utcnow()
-    with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        disruption_ids = list(broadcast.target.get("disruption_ids", []))
-        needs_approval = _needs_approval(session, broadcast, disruption_ids)
-        broadcast.needs_approval = needs_approval
-        manual = broadcast.origin == "manual"
+    disruption_ids, needs_approval, initial_status = start_planning(factory, broadcast_id)
     result = PlanResult(broadcast_id)
-    # A manual broadcast is always planned on hold: the preview shows exactly what `broadcast send` releases.
-    initial_status = "held" if needs_approval or manual else "queued"
     sailings = SailingPlans(factory, broadcast_id, disruption_ids, settings)
     chunks = cut_chunks(sailings, _order(sailings, settings), ChunkSizes(chunk))
     with collector_paused():
@@ -80,18 +73,37 @@ def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: 
                 _plan_chunk(session, broadcast_id, parts, settings, now, initial_status, result)
     with transaction(factory) as session:
         defer_checkpoint(session)
-        broadcast = session.get(Broadcast, broadcast_id)
-        broadcast.recipient_count = session.scalar(
-            select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
-        broadcast.preview = preview_facts(broadcast.preview, result)
-        if broadcast.status == "planning" and manual:
-            decide_manual_approval(broadcast, settings)
-        elif broadcast.status == "planning":
-            broadcast.status = "awaiting_approval" if needs_approval else "sending"
-        audit.record(session, broadcast.created_by, "broadcast.planned", "broadcast", broadcast_id,
-                     notifications=result.notifications, unreachable=len(result.unreachable),
-                     status=broadcast.status)
+        record_planned(session, broadcast_id, result, settings, needs_approval)
     return result
+
+
+def start_planning(factory: sessionmaker[Session], broadcast_id: int) -> tuple[list[int], bool, str]:
+    """Before the first chunk: the broadcast's disruptions, whether it needs approval (recorded), and the status its
+    notices are written with."""
+    with transaction(factory) as session:
+        broadcast = session.get(Broadcast, broadcast_id)
+        disruption_ids = list(broadcast.target.get("disruption_ids", []))
+        needs_approval = _needs_approval(session, broadcast, disruption_ids)
+        broadcast.needs_approval = needs_approval
+        manual = broadcast.origin == "manual"
+    # A manual broadcast is always planned on hold: the preview shows exactly what `broadcast send` releases.
+    return disruption_ids, needs_approval, "held" if needs_approval or manual else "queued"
+
+
+def record_planned(session: Session, broadcast_id: int, result: PlanResult, settings: Settings,
+                   needs_approval: bool) -> None:
+    """Once every chunk is written: the broadcast's count and preview facts, and its status (a manual one held
+    for approval or approved, an automatic one waiting for approval or sending), audited."""
+    broadcast = session.get(Broadcast, broadcast_id)
+    broadcast.recipient_count = session.scalar(
+        select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
+    broadcast.preview = preview_facts(broadcast.preview, result)
+    if broadcast.status == "planning" and broadcast.origin == "manual":
+        decide_manual_approval(broadcast, settings)
+    elif broadcast.status == "planning":
+        broadcast.status = "awaiting_approval" if needs_approval else "sending"
+    audit.record(session, broadcast.created_by, "broadcast.planned", "broadcast", broadcast_id,
+                 notifications=result.notifications, unreachable=len(result.unreachable), status=broadcast.status)
 
 
 def _order(sailings: SailingPlans, settings: Settings) -> list[tuple[int, bool | None]]:
