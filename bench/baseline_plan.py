@@ -2,7 +2,7 @@
 one. It is what planning looked like before notifier.planning, kept as the yardstick: bench/bench_plan.py times
 it against the bulk planner, and tests/test_scale.py holds the bulk planner to writing exactly its rows.
 
-It shares the rules with the real planner (offers.make_offers, audience.recipients_for, broadcasts.notice_context,
+It shares the rules with the real planner (offers.make_offers, audience.recipients_for, notices.notice_context,
 messages.render, the dedup key, planning order, approval holding) and none of its shortcuts.
 """
 
