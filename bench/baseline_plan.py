@@ -2,7 +2,7 @@
 one. It is what planning looked like before notifier.planning, kept as the yardstick: bench/bench_plan.py times
 it against the bulk planner, and tests/test_scale.py holds the bulk planner to writing exactly its rows.
 
-It shares the rules with the real planner (offers.make_offers, audience.recipients_for, broadcasts.notice_context,
+It shares the rules with the real planner (offers.make_offers, audience.recipients_for, notices.notice_context,
 messages.render, the dedup key, planning order, approval holding) and none of its shortcuts.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.store import audit
 from notifier.planning.audience import booking_ids_page, opted_out, recipients_for
-from notifier.broadcasts.lifecycle import (NoticeSpec, PlanResult, _decide_manual_approval, _needs_approval,
-                                           _preview_facts, _sailing_facts, dedup_key, notice_context)
+from notifier.planning.chunks import NoticeSpec
+from notifier.planning.plan import record_planned, start_planning
+from notifier.planning.chunk_plan import PlanResult
+from notifier.planning.notices import dedup_key, notice_context, sailing_facts
 from notifier.store.settings import Settings
 from notifier.planning.contacts import is_current, recipients_checked
 from notifier.store.db import transaction
@@ -33,13 +34,7 @@ def plan_one_by_one(factory: sessionmaker[Session], broadcast_id: int, settings:
     current stored contact checks (as the bulk planner does) instead of validating every number again; `limit`
     stops after that many bookings (the benchmark's sample)."""
     now = now or utcnow()
-    with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        disruption_ids = list(broadcast.target.get("disruption_ids", []))
-        needs_approval = _needs_approval(session, broadcast, disruption_ids)
-        broadcast.needs_approval = needs_approval
-        manual = broadcast.origin == "manual"
-    initial_status = "held" if needs_approval or manual else "queued"
+    disruption_ids, needs_approval, initial_status = start_planning(factory, broadcast_id)
     with factory() as session:
         departures = {d: session.scalar(select(Sailing.scheduled_departure).join(
             Disruption, Disruption.sailing_id == Sailing.id).where(Disruption.id == d)) for d in disruption_ids}
@@ -50,17 +45,7 @@ def plan_one_by_one(factory: sessionmaker[Session], broadcast_id: int, settings:
         _plan_disruption(factory, broadcast_id, disruption_id, accessibility, settings, now, initial_status, result,
                          stored_contacts, limit)
     with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        broadcast.recipient_count = session.scalar(
-            select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
-        broadcast.preview = _preview_facts(broadcast.preview, result)
-        if broadcast.status == "planning" and manual:
-            _decide_manual_approval(broadcast, settings)
-        elif broadcast.status == "planning":
-            broadcast.status = "awaiting_approval" if needs_approval else "sending"
-        audit.record(session, broadcast.created_by, "broadcast.planned", "broadcast", broadcast_id,
-                     notifications=result.notifications, unreachable=len(result.unreachable),
-                     status=broadcast.status)
+        record_planned(session, broadcast_id, result, settings, needs_approval)
     return result
 
 
@@ -71,7 +56,7 @@ def _plan_disruption(factory: sessionmaker[Session], broadcast_id: int, disrupti
         disruption = session.get(Disruption, disruption_id)
         if disruption.planned_revision >= disruption.revision and disruption.status != "active":
             return
-        facts = _sailing_facts(session, disruption)
+        facts = sailing_facts(session, disruption)
         broadcast = session.get(Broadcast, broadcast_id)
         template, channels, audience = broadcast.template, list(broadcast.channels), broadcast.audience
         notice = NoticeSpec.of(broadcast, disruption, settings)

@@ -105,8 +105,8 @@ def _old_channel(session: Session, customer: Customer, due: Due, now: Any, setti
 
 def _old_context(session: Session, settings: Any, booking: Booking, customer: Customer, disruption: Disruption,
                  deadline: Any, facts: dict[int, Any]) -> dict[str, Any]:
-    from notifier.broadcasts.lifecycle import SailingFacts, notice_context
-    from notifier.planning.offers import candidates_for
+    from notifier.planning.notices import SailingFacts, notice_context
+    from notifier.store.capacity import candidates_for
     from notifier.aftercare.responses import default_policy
 
     if disruption.id not in facts:

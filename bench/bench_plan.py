@@ -4,7 +4,7 @@
 For each engine (SQLite, and PostgreSQL when reachable) a fresh copy of the database gets the typhoon warning
 (CAP, through the real rules: ingest -> rules -> disruptions -> automatic broadcast, committed), then the
 planner turns it into committed, rendered outbox rows. Measured:
-  - plan time: from the disruptions being committed to the last notice committed (broadcasts.plan_broadcast);
+  - plan time: from the disruptions being committed to the last notice committed (planning.plan.plan_broadcast);
   - first dispatchable notice: a second process, connected before the warning arrives, polls for the first
     `queued` notice; time from the disruptions' commit to its first sight of one;
   - peak RSS of the planning: the planning process and, on SQLite, the writer process it starts, together
@@ -115,7 +115,7 @@ def run_plan(url: str, pipeline: bool) -> dict:
         stage.plan_pending(factory, settings, now=scale_network.EPOCH)
         finished, planned_at = time.time(), planned["at"]
     else:
-        from notifier.broadcasts.lifecycle import plan_broadcast
+        from notifier.planning.plan import plan_broadcast
 
         plan_broadcast(factory, broadcast_id, settings, now=scale_network.EPOCH)
         finished = planned_at = time.time()

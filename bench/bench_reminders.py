@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 import bench_plan  # noqa: E402
 from baseline_reminders import old_queue_reminders  # noqa: E402
 import scale_network  # noqa: E402
-from notifier.broadcasts.lifecycle import plan_broadcast
+from notifier.planning.plan import plan_broadcast
 from notifier.store.settings import load_settings
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.ops.demo import bundled_feed, generate

@@ -40,7 +40,7 @@ from bench_reminders import plan_typhoon, settings_for, timed  # noqa: E402
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.aftercare.followups import affected_bookings, refresh
 from notifier.store.models import Disruption, Notification, Offer, SatisfactionRequest
-from notifier.planning.writer import NOTICE_COLUMNS
+from notifier.planning.chunk_plan import NOTICE_COLUMNS
 from notifier.aftercare.satisfaction import OFFER_KINDS, queue_requests, resolved_disruptions
 
 AFTER_CLEARING = timedelta(minutes=5)

@@ -36,7 +36,7 @@ TABLES = ("offers", "notifications")
 
 def planned_database(folder: Path) -> tuple[Path, float]:
     """The scale database with the typhoon planned into it, and the planner's own time."""
-    from notifier.broadcasts.lifecycle import plan_broadcast
+    from notifier.planning.plan import plan_broadcast
     from notifier.store.db import make_engine, session_factory
 
     target = folder / "planned.db"

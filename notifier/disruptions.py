@@ -26,10 +26,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from notifier.store import audit
-from notifier.rules.entitlements import notice_lines
-from notifier.messages import local_time, money
-from notifier.store.models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Port, Sailing, utcnow
-from notifier.planning.offers import candidates_for, release_many
+from notifier.store.models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Sailing, utcnow
+from notifier.store.capacity import candidates_for, release_many
 from notifier.rules.engine import STRENGTH, Impact
 
 LIVE = ("active", "superseded")
@@ -450,53 +448,3 @@ def _resumption(session: Session, disruption: Disruption, now: datetime) -> dict
         return None
     return {"operates": False, "sailing_id": following.id, "code": following.code,
             "departure": following.scheduled_departure.isoformat()}
-
-
-# --- what a notice says about the lifecycle --------------------------------------------------------------------
-
-def notice_extras(facts: Any, booking: Any, language: str) -> dict[str, Any]:
-    """Template values beyond the basic notice: delay and new times, the hazard window, what the disruption
-    replaced, the resumption sailing, the omitted port, and the entitlements this customer has."""
-    disruption, sailing = facts.disruption, facts.sailing
-    details = disruption.details or {}
-    tz, arrival_tz = facts.origin.timezone, facts.destination.timezone
-    delay = None
-    if disruption.delay_minutes:
-        shift = timedelta(minutes=disruption.delay_minutes)
-        delay = {"minutes": disruption.delay_minutes,
-                 "departure": local_time(sailing.scheduled_departure + shift, tz, language),
-                 "arrival": local_time(sailing.scheduled_arrival + shift, arrival_tz, language)}
-    resumption = details.get("resumption")
-    if resumption:
-        resumption = {"operates": resumption["operates"], "code": resumption["code"],
-                      "departure": local_time(datetime.fromisoformat(resumption["departure"]), tz, language)}
-    return {
-        "delay": delay,
-        "window": {"start": local_time(disruption.window_start, tz, language) if disruption.window_start else "",
-                   "end": local_time(disruption.window_end, tz, language) if disruption.window_end else ""},
-        "previous_kind": details.get("previous_kind", ""),
-        "resumption": resumption,
-        "headline": details.get("headline", ""),
-        "port_call": _port_call(facts, details, language) if disruption.kind == "port_omitted" else None,
-        "entitlements": notice_lines(disruption, booking, sailing, facts.route, language,
-                                     lambda amount, currency: money(amount, currency, language)),
-    }
-
-
-_PORT_CALL_WORDS = {"en": {"OMIT": "port call omitted", "BLNK": "sailing blanked", "CUTR": "cut and run",
-                           "SLID": "voyage slid", "ROTC": "rotation changed"},
-                    "zh-CN": {"OMIT": "取消挂靠", "BLNK": "航次取消（空班）", "CUTR": "提前离港（甩柜）",
-                              "SLID": "航次顺延", "ROTC": "挂港顺序调整"}}
-
-
-def _port_call(facts: Any, details: dict[str, Any], language: str) -> dict[str, str]:
-    lang = "zh-CN" if language.startswith("zh") else "en"
-    names = {facts.origin.locode: facts.origin, facts.destination.locode: facts.destination}
-    ports = details.get("ports") or [facts.destination.locode]
-    shown = []
-    for locode in ports:
-        port: Port | None = names.get(locode)
-        shown.append((port.name_zh if lang == "zh-CN" and port.name_zh else port.name) if port else locode)
-    status = details.get("port_call_status") or "OMIT"
-    return {"status": status, "words": _PORT_CALL_WORDS[lang].get(status, status), "port": ", ".join(shown),
-            "reason": details.get("delay_reason") or details.get("change_remark") or ""}

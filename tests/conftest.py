@@ -114,7 +114,7 @@ def postgres_url():
 def writer_processes(monkeypatch):
     """Every broadcast is planned with a writer process (planning.WriterProcess, SQLite's way at scale), waited
     for (not raced) before the first chunk; the list holds the WriterProcess objects made."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.planning import plan as planner
     from notifier.planning import writer as planning
 
     made = []
@@ -124,8 +124,8 @@ def writer_processes(monkeypatch):
         real_init(self, *args, **kwargs)
         made.append(self)
 
-    monkeypatch.setattr(broadcasts, "WRITER_PROCESS_MIN_BOOKINGS", 1)
-    monkeypatch.setattr(broadcasts, "_spare_core", lambda: True)  # a one-core machine tests it too
+    monkeypatch.setattr(planner, "WRITER_PROCESS_MIN_BOOKINGS", 1)
+    monkeypatch.setattr(planner, "_spare_core", lambda: True)  # a one-core machine tests it too
     monkeypatch.setattr(planning.WriterProcess, "__init__", remembered)
     monkeypatch.setattr(planning.WriterProcess, "ready", property(lambda self: self.wait_until_ready()))
     return made

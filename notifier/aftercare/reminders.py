@@ -35,7 +35,8 @@ from notifier.messages import local_time, render
 from notifier.store.models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, Port, Route,
                                    Sailing, utcnow)
 from notifier.delivery.optouts import opted_out_pairs
-from notifier.planning.writer import NOTICE_COLUMNS, bulk_insert
+from notifier.planning.chunk_plan import NOTICE_COLUMNS
+from notifier.store.bulk import bulk_insert
 
 TEMPLATE = "reminder"
 CHOOSABLE = ("rebook", "standby", "refund")
@@ -243,7 +244,7 @@ def choose_address(customer: Customer, notices: list[Any], now: datetime, settin
 
 def _context(settings: Settings, sailing_facts: Any, booking: Booking, customer: Customer, offers: list[Offer],
              deadline: datetime) -> dict[str, Any]:
-    from notifier.broadcasts.lifecycle import notice_context
+    from notifier.planning.notices import notice_context
     from notifier.aftercare.responses import default_policy
 
     context = notice_context(sailing_facts, booking, customer, offers, settings, customer.language, deadline)
@@ -252,8 +253,8 @@ def _context(settings: Settings, sailing_facts: Any, booking: Booking, customer:
 
 def reminder_facts(session: Session, disruption: Disruption, facts: dict[int, Any]) -> Any:
     """The disruption's `broadcasts.SailingFacts`, made once per disruption and kept in `facts`."""
-    from notifier.broadcasts.lifecycle import SailingFacts
-    from notifier.planning.offers import candidates_for
+    from notifier.planning.notices import SailingFacts
+    from notifier.store.capacity import candidates_for
 
     if disruption.id not in facts:
         sailing = session.get(Sailing, disruption.sailing_id)

@@ -29,8 +29,8 @@ from notifier.store.db import insert_ignore, transaction
 from notifier.messages import local_time, money, render
 from notifier.store.models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, OptOut, Port,
                                    Route, Sailing, utcnow)
-from notifier.planning.offers import (REFUND_KEY, accept_unheld, convert_hold, give_back_booked, lock_capacity, needs,
-                                      release)
+from notifier.planning.offers import REFUND_KEY, needs
+from notifier.store.capacity import accept_unheld, convert_hold, give_back_booked, lock_capacity, release
 
 DECISION = "choice"
 NO_ANSWER_DEFAULTS = ("refund", "first_sailing")

@@ -45,7 +45,8 @@ from notifier.messages import render
 from notifier.store.models import (Booking, Customer, CustomerResponse, Disruption, FollowUp, Notification, Offer,
                                    SatisfactionRequest, utcnow)
 from notifier.delivery.optouts import opted_out_pairs
-from notifier.planning.writer import NOTICE_COLUMNS, bulk_insert
+from notifier.planning.chunk_plan import NOTICE_COLUMNS
+from notifier.store.bulk import bulk_insert
 
 TEMPLATE = "satisfaction"
 OFFER_KINDS = ("cancelled", "delayed", "port_omitted")

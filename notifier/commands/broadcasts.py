@@ -42,18 +42,18 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
                      end: str | None, kind: str | None, delay_minutes: int | None, reason: str | None, cause: str,
                      template: str | None, channels: str, audience: str, operator: str | None, yes: bool) -> None:
     """Plan a broadcast on hold and print its preview; nothing is sent until it is approved (when needed) and sent."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
-    request = broadcasts.BroadcastRequest(
+    request = manual.BroadcastRequest(
         operator=operator or settings.operator, kind=kind, sailings=sailings, route=route, port=port, vessel=vessel,
         voyage=voyage, disruption_ids=disruptions, start=start, end=end, delay_minutes=delay_minutes,
         reason=reason, template=template, audience=audience, cause=cause,
         channels=tuple(c.strip() for c in channels.split(",") if c.strip()))
     factory = open_database(settings)
-    broadcast_id = broadcasts.create_manual(factory, request, settings)
-    preview = broadcasts.preview(factory, broadcast_id, settings)
+    broadcast_id = manual.create_manual(factory, request, settings)
+    preview = previews.preview(factory, broadcast_id, settings)
     echo_lines(preview_lines(preview, settings))
     if preview.broadcast.status == "awaiting_approval":
         click.echo(f"Broadcast #{broadcast_id} is held until approved; nothing has been sent.")
@@ -63,7 +63,7 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
         click.echo(f"Broadcast #{broadcast_id} is held; nothing has been sent. Send it with: "
                    f"notifier broadcast send {broadcast_id}")
         return
-    released = broadcasts.send(factory, broadcast_id, request.operator)
+    released = manual.send(factory, broadcast_id, request.operator)
     click.echo(f"Broadcast #{broadcast_id}: {released} messages released to the dispatcher.")
 
 
@@ -73,11 +73,11 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
 @click.pass_context
 def broadcast_preview(ctx: click.Context, broadcast_id: int, show_all: bool) -> None:
     """Show again what a broadcast sends: recipients, cost, time, samples, offers, approval."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
-    preview = broadcasts.preview(open_database(settings), broadcast_id, settings)
+    preview = previews.preview(open_database(settings), broadcast_id, settings)
     echo_lines(preview_lines(preview, settings, None if show_all else 15))
 
 
@@ -87,11 +87,11 @@ def broadcast_preview(ctx: click.Context, broadcast_id: int, show_all: bool) -> 
 @click.pass_context
 def broadcast_approve(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Approve a broadcast (as an operator other than its creator)."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
 
     settings = settings_from(ctx)
     operator = operator or settings.operator
-    broadcasts.approve(open_database(settings), broadcast_id, operator)
+    manual.approve(open_database(settings), broadcast_id, operator)
     click.echo(f"Broadcast #{broadcast_id} approved by {operator}. Send it with: "
                f"notifier broadcast send {broadcast_id}")
 
@@ -104,19 +104,19 @@ def broadcast_approve(ctx: click.Context, broadcast_id: int, operator: str | Non
 @click.pass_context
 def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, wait: bool, yes: bool) -> None:
     """Release an approved broadcast to the dispatcher (exit 4 while it still needs approval)."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops.console import dispatch_here, follow, progress_line
 
     settings = settings_from(ctx)
-    operator = broadcasts.require_operator(operator or settings.operator)
+    operator = manual.require_operator(operator or settings.operator)
     factory = open_database(settings)
-    preview = broadcasts.preview(factory, broadcast_id, settings)
+    preview = previews.preview(factory, broadcast_id, settings)
     if preview.broadcast.status == "approved" and not confirmed(
             f"Send broadcast #{broadcast_id}: {preview.broadcast.recipient_count} messages, "
             f"{preview.sms_segments} SMS segments (about {settings.sms_price_currency} {preview.sms_cost})?", yes):
         click.echo(f"Not sent. Broadcast #{broadcast_id} stays held.")
         return
-    released = broadcasts.send(factory, broadcast_id, operator)
+    released = manual.send(factory, broadcast_id, operator)
     if released:
         click.echo(f"Broadcast #{broadcast_id}: {released} messages released to the dispatcher.")
     else:
@@ -134,13 +134,13 @@ def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, 
 @click.pass_context
 def broadcast_status(ctx: click.Context, broadcast_id: int, follow: bool) -> None:
     """Sent / delivered / failed / remaining and the current rate."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops import console
 
     settings = settings_from(ctx)
     factory = open_database(settings)
-    broadcasts.finish_sent_broadcasts(factory)
-    current = console.follow(factory, broadcast_id, settings) if follow else broadcasts.progress(factory,
+    previews.finish_sent_broadcasts(factory)
+    current = console.follow(factory, broadcast_id, settings) if follow else previews.progress(factory,
                                                                                                 broadcast_id)
     click.echo(console.progress_line(current))
 
@@ -167,15 +167,15 @@ def broadcast_resume(ctx: click.Context, broadcast_id: int, operator: str | None
 def act_then_show_progress(ctx: click.Context, action: str, broadcast_id: int, operator: str | None,
                            done: str) -> None:
     """Pause or resume a broadcast, say so, and show where it stands."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops.console import progress_line
 
     settings = settings_from(ctx)
     factory = open_database(settings)
-    {"pause": broadcasts.pause, "resume": broadcasts.resume}[action](factory, broadcast_id,
+    {"pause": manual.pause, "resume": manual.resume}[action](factory, broadcast_id,
                                                                       operator or settings.operator)
     click.echo(done)
-    click.echo(progress_line(broadcasts.progress(factory, broadcast_id)))
+    click.echo(progress_line(previews.progress(factory, broadcast_id)))
 
 
 @broadcast.command("cancel")
@@ -184,11 +184,11 @@ def act_then_show_progress(ctx: click.Context, action: str, broadcast_id: int, o
 @click.pass_context
 def broadcast_cancel(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Stop a broadcast for good: unsent messages are cancelled (those in flight finish)."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops.console import cancelled_lines
 
     settings = settings_from(ctx)
-    result = broadcasts.cancel(open_database(settings), broadcast_id, operator or settings.operator)
+    result = manual.cancel(open_database(settings), broadcast_id, operator or settings.operator)
     echo_lines(cancelled_lines(broadcast_id, result))
 
 
@@ -201,14 +201,14 @@ def broadcast_cancel(ctx: click.Context, broadcast_id: int, operator: str | None
 def broadcast_correct(ctx: click.Context, broadcast_id: int, template: str | None, reason: str | None,
                       operator: str | None) -> None:
     """Plan a correction to everyone a broadcast already told (held, then approve/send as usual)."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
     factory = open_database(settings)
-    correction_id = broadcasts.correct(factory, broadcast_id, operator or settings.operator, settings, template,
+    correction_id = correction.correct(factory, broadcast_id, operator or settings.operator, settings, template,
                                        reason)
-    echo_lines(preview_lines(broadcasts.preview(factory, correction_id, settings), settings))
+    echo_lines(preview_lines(previews.preview(factory, correction_id, settings), settings))
     click.echo(f"Correction #{correction_id} is held; send it with: notifier broadcast send {correction_id}")
 
 
@@ -217,7 +217,7 @@ def broadcast_correct(ctx: click.Context, broadcast_id: int, template: str | Non
 @click.pass_context
 def broadcast_list(ctx: click.Context, limit: int) -> None:
     """The newest broadcasts, with their status and progress."""
-    from notifier.broadcasts import lifecycle as broadcasts
+    from notifier.broadcasts import correction, manual, preview as previews
     from notifier.ops.console import broadcast_list_lines
 
-    echo_lines(broadcast_list_lines(broadcasts.recent_broadcasts(open_database(settings_from(ctx)), limit)))
+    echo_lines(broadcast_list_lines(previews.recent_broadcasts(open_database(settings_from(ctx)), limit)))

@@ -98,8 +98,8 @@ def _content(session: Session, notification: Notification, channel: str, custome
 def _render_notice(session: Session, notification: Notification, channel: str, customer: Customer,
                    settings: Settings) -> Rendered:
     # The same notice the planner rendered, from the same booking, disruption revision and offers.
-    from notifier.broadcasts.lifecycle import SailingFacts, notice_context
-    from notifier.planning.offers import candidates_for
+    from notifier.planning.notices import SailingFacts, notice_context
+    from notifier.store.capacity import candidates_for
 
     booking = session.get(Booking, notification.booking_id)
     disruption = session.get(Disruption, notification.disruption_id)

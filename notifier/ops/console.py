@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.broadcasts.lifecycle import CancelResult, Preview, Progress, finish_sent_broadcasts, progress
+from notifier.broadcasts.manual import CancelResult
+from notifier.broadcasts.preview import Preview, Progress, finish_sent_broadcasts, progress
 from notifier.store.settings import Settings
 from notifier.store.models import utcnow
 from notifier.aftercare.reminders import preview_reminders

@@ -5,10 +5,11 @@ input is handled, so the whole run can be killed at any point and simply run aga
 
 Planning follows the lifecycle: a new or promoted disruption gets the full notice of its kind (with offers), a
 revised one the "updated" notice (with new offers), a cleared one the "resumed" notice to the customers who were
-told, an advisory a notice without offers. After planning, EU notices under the Art 16(1) clock are moved to the
-front of the outbox, an older unsent notice to the same customer is withdrawn (the newer one says it all), and a
-customer told less than `min_notice_interval_minutes` ago waits that long for the next one, so a flapping feed
-does not become a stream of messages.
+told, an advisory a notice without offers; all of them through the one bulk planner (planning.plan), whose audience
+(planning.audience.audience_of) knows that an all-clear goes only to those told. After planning, EU notices under
+the Art 16(1) clock are moved to the front of the outbox, an older unsent notice to the same customer is withdrawn
+(the newer one says it all), and a customer told less than `min_notice_interval_minutes` ago waits that long for
+the next one, so a flapping feed does not become a stream of messages.
 """
 
 from __future__ import annotations
@@ -28,16 +29,15 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from notifier.store import audit
 from notifier.errors import NotifierError
 from notifier.planning.audience import AUDIENCE_KINDS, opted_out, recipients_for
-from notifier.broadcasts.lifecycle import (PlanResult, SailingFacts, create_automatic, dedup_key, notice_context,
-                                           pending_broadcasts, plan_broadcast)
+from notifier.planning.plan import create_automatic, pending_broadcasts, plan_broadcast
+from notifier.planning.chunk_plan import PlanResult
 from notifier.store.settings import Settings
 from notifier.ops.quarantine import Quarantined, quarantine_item
 from notifier.store.status import ITEM_NEW, ITEM_PROCESSED
 from notifier.store.db import insert_ignore, transaction
 from notifier.disruptions import PENDING, TOLD, Outcome, expire, lineage_keys, reconcile, source_key, withdraw
-from notifier.rules.entitlements import Situation, entitlements_for, notice_priority
+from notifier.rules.entitlements import Situation, entitlements_for
 from notifier.feeds import Observation
-from notifier.messages import render
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, DisruptionSource, FeedItem, Notification,
                                    Port, Route, Sailing, Vessel, utcnow)
 from notifier.rules.engine import (Match, Network, PortRef, Reach, Rule, RuleSet, SailingRef, decisive_impacts,
@@ -45,8 +45,6 @@ from notifier.rules.engine import (Match, Network, PortRef, Reach, Rule, RuleSet
 
 # Sailings that departed more than this long ago cannot be disrupted any more.
 PAST_HORIZON = timedelta(hours=6)
-# Broadcast kinds planned without offers: the all-clear, and advisories ("may be disrupted").
-NOTICE_ONLY_KINDS = ("resumed", "advisory")
 IGNORED_MSG_TYPES = ("Ack", "Error")
 
 
@@ -222,13 +220,10 @@ def plan_pending(factory: sessionmaker[Session], settings: Settings, now: dateti
         broadcast_ids = pending_broadcasts(session)
     results = []
     for broadcast_id in broadcast_ids:
-        origin, kind = _prune_target(factory, broadcast_id, now)
+        origin, _ = _prune_target(factory, broadcast_id, now)
         if origin is None:
             continue
-        if origin == "automatic" and kind in NOTICE_ONLY_KINDS:
-            result = plan_notices(factory, broadcast_id, settings, now)
-        else:
-            result = plan_broadcast(factory, broadcast_id, settings, now)
+        result = plan_broadcast(factory, broadcast_id, settings, now)
         _after_planning(factory, broadcast_id, settings, now, origin == "automatic")
         results.append(result)
     return results
@@ -259,93 +254,6 @@ def _still_true(session: Session, disruption: Disruption, kind: str) -> bool:
     active_now = session.scalar(select(Disruption.id).where(Disruption.sailing_id == disruption.sailing_id,
                                                             Disruption.status == "active").limit(1))
     return disruption.status == "cleared" and active_now is None
-
-
-def plan_notices(factory: sessionmaker[Session], broadcast_id: int, settings: Settings,
-                 now: datetime | None = None) -> PlanResult:
-    """Plan a broadcast whose notices carry no offers (all-clear, advisory); the all-clear only goes to bookings
-    that were told of the disruption."""
-    now = now or utcnow()
-    result = PlanResult(broadcast_id)
-    with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        disruption_ids = list(broadcast.target.get("disruption_ids", []))
-        broadcast.needs_approval = _over_approval_limit(session, disruption_ids, broadcast.audience)
-        held = broadcast.needs_approval
-    for disruption_id in disruption_ids:
-        with transaction(factory) as session:
-            _plan_notice_rows(session, broadcast_id, disruption_id, settings, "held" if held else "queued", result)
-    with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        broadcast.recipient_count = session.scalar(
-            select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
-        if broadcast.status == "planning":
-            broadcast.status = "awaiting_approval" if held else "sending"
-        audit.record(session, "rules", "broadcast.planned", "broadcast", broadcast_id,
-                     notifications=result.notifications, unreachable=len(result.unreachable),
-                     status=broadcast.status)
-    return result
-
-
-def _over_approval_limit(session: Session, disruption_ids: list[int], audience: str) -> bool:
-    limits = [d.notify.get("approval", {}).get("above_recipients") for d in
-              (session.get(Disruption, i) for i in disruption_ids)]
-    limits = [limit for limit in limits if limit is not None]
-    if not limits:
-        return False
-    sailing_ids = select(Disruption.sailing_id).where(Disruption.id.in_(disruption_ids))
-    count = session.scalar(select(func.count()).select_from(Booking).where(
-        Booking.sailing_id.in_(sailing_ids), Booking.status == "confirmed",
-        Booking.kind.in_(AUDIENCE_KINDS.get(audience, AUDIENCE_KINDS["all"]))))
-    return count > min(limits)
-
-
-def _plan_notice_rows(session: Session, broadcast_id: int, disruption_id: int, settings: Settings,
-                      initial_status: str, result: PlanResult) -> None:
-    broadcast, disruption = session.get(Broadcast, broadcast_id), session.get(Disruption, disruption_id)
-    if disruption.planned_revision >= disruption.revision:
-        return
-    sailing = session.get(Sailing, disruption.sailing_id)
-    facts = SailingFacts(disruption=disruption, sailing=sailing, origin=session.get(Port, sailing.origin_port_id),
-                         destination=session.get(Port, sailing.destination_port_id),
-                         route=session.get(Route, sailing.route_id), candidates=[], candidate_ports={},
-                         vessel_name=sailing.vessel.name if sailing.vessel else "")
-    query = (select(Booking, Customer).join(Customer, Customer.id == Booking.customer_id)
-             .where(Booking.sailing_id == sailing.id, Booking.status == "confirmed",
-                    Booking.kind.in_(AUDIENCE_KINDS.get(broadcast.audience, AUDIENCE_KINDS["all"])))
-             .order_by(Booking.id))
-    if broadcast.kind == "resumed":
-        told = select(Notification.booking_id).where(Notification.disruption_id == disruption.id,
-                                                     Notification.status.in_(TOLD))
-        query = query.where(Booking.id.in_(told))
-    stops, respect = opted_out(session), settings.safety_critical_opt_out != "send"
-    priority = notice_priority(sailing.scheduled_departure, facts.route.jurisdiction, disruption.kind)
-    values = []
-    for booking, customer in session.execute(query).all():
-        recipients, unreachable = recipients_for(booking, customer, list(broadcast.channels), stops, respect)
-        result.unreachable.extend(unreachable)
-        result.bookings += 1
-        for recipient in recipients:
-            context = notice_context(facts, booking, customer, [], settings, recipient.language, None)
-            rendered = render(recipient.channel, broadcast.template, recipient.language, context)
-            values.append({
-                "dedup_key": dedup_key(booking.id, recipient.address, recipient.channel, disruption.id,
-                                       disruption.revision),
-                "booking_id": booking.id, "customer_id": customer.id, "disruption_id": disruption.id,
-                "revision": disruption.revision, "broadcast_id": broadcast_id, "channel": recipient.channel,
-                "recipient": recipient.address, "language": rendered.language, "template": broadcast.template,
-                "purpose": "notice", "subject": rendered.subject, "body_text": rendered.body_text,
-                "body_html": rendered.body_html, "segments": rendered.segments, "safety_critical": True,
-                "status": initial_status, "priority": priority,
-                "attempts": 0, "created_at": utcnow()})
-    if values:
-        inserted = max(session.execute(insert_ignore(Notification.__table__, session), values).rowcount, 0)
-        result.notifications += inserted
-        result.skipped_existing += len(values) - inserted
-        for row in values:
-            result.by_channel_language[(row["channel"], row["language"])] += 1
-            result.segments += row["segments"]
-    disruption.planned_revision = disruption.revision
 
 
 def _after_planning(factory: sessionmaker[Session], broadcast_id: int, settings: Settings, now: datetime,

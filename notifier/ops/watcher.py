@@ -421,7 +421,7 @@ class Watcher:
                                                                                  **done}
 
     def _dispatch(self, _: str | None) -> dict[str, Any]:
-        from notifier.broadcasts.lifecycle import finish_sent_broadcasts
+        from notifier.broadcasts.preview import finish_sent_broadcasts
 
         if self.dispatcher is None or self.stop.is_set():
             return {}

@@ -12,13 +12,16 @@ from functools import partial
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
-from notifier.store.models import Booking, Customer, OptOut
+from notifier.disruptions import TOLD
+from notifier.store.models import Booking, Broadcast, Customer, Disruption, Notification, OptOut
 
 SMS_CAPABLE = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
 AUDIENCE_KINDS = {"passengers": {"passenger"}, "shippers": {"cargo"}, "all": {"passenger", "cargo"}}
+# Automatic broadcasts whose notices carry no offers: the all-clear, and advisories ("may be disrupted").
+NOTICE_ONLY_KINDS = ("resumed", "advisory")
 # channel -> (address, "" or why there is no usable one)
 AddressLookup = Callable[[str], tuple[str | None, str]]
 
@@ -126,3 +129,19 @@ def booking_ids_page(session: Session, sailing_id: int, audience: str, accessibi
     if accessibility is not None:
         conditions.append(Booking.accessibility_needs.is_(accessibility))
     return list(session.scalars(select(Booking.id).where(*conditions).order_by(Booking.id).limit(limit)))
+
+
+def told_only(broadcast: Broadcast) -> bool:
+    """True for an automatic all-clear: it goes only to the bookings that were told of what ended."""
+    return broadcast.origin == "automatic" and broadcast.kind == "resumed"
+
+
+def audience_of(broadcast: Broadcast, disruption: Disruption) -> list[ColumnElement[bool]]:
+    """Which bookings a broadcast tells about one disrupted sailing, as query conditions: the sailing's confirmed
+    bookings of the broadcast's audience (an automatic all-clear: only those that were told of the disruption)."""
+    conditions = [Booking.sailing_id == disruption.sailing_id, Booking.status == "confirmed",
+                  Booking.kind.in_(AUDIENCE_KINDS.get(broadcast.audience, AUDIENCE_KINDS["all"]))]
+    if told_only(broadcast):
+        conditions.append(Booking.id.in_(select(Notification.booking_id).where(
+            Notification.disruption_id == disruption.id, Notification.status.in_(TOLD))))
+    return conditions

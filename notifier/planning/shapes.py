@@ -2,13 +2,13 @@
 
 Of 100,000 notices about one typhoon, most differ only in the customer's name, the booking reference, the signed
 choice link and the refund amount. A *shape* is one real render (`messages.render` of the values
-`broadcasts.notice_context` gives) in which those four values are sentinels; each booking gets the shape with its
+`notices.notice_context` gives) in which those four values are sentinels; each booking gets the shape with its
 own values put in place of the sentinels (HTML-escaped in HTML bodies, as autoescape does), and its SMS segments
 counted from the shape's precounted text plus its own values.
 
 The result is byte-identical to a plain render (tests/test_scale.py holds it to that) because:
 - the values are made by the same functions as `notice_context` (sailing, booking, offer values and
-  `disruptions.notice_extras`), each once per distinct input: the booking attributes `notice_extras` read are
+  `notices.notice_extras`), each once per distinct input: the booking attributes `notice_extras` read are
   recorded, so two bookings share its values only when everything it read is equal;
 - a shape is keyed by the values the template actually uses (its syntax tree says which), so two notices share
   a shape only when everything the template could print or test is equal;
@@ -37,7 +37,10 @@ from markupsafe import escape
 from notifier.planning import links
 from notifier.channels.segments import GSM7_BASIC, GSM7_EXTENDED, sms_segments
 from notifier.messages import Rendered, environment, money, render, resolve_language
+from notifier.planning.notices import (SailingFacts, booking_values, notice_context, notice_extras, offer_values,
+                                       sailing_values)
 from notifier.store.paths import templates_dir
+from notifier.store.settings import Settings
 
 # Private-use characters: no template, name or reference contains them, and autoescape leaves them alone.
 OPEN, CLOSE = "\ue000", "\ue001"
@@ -230,7 +233,7 @@ class NoticeShape:
 class Unfilled(NamedTuple):
     """A shaped notice whose per-person values are put in later, where it is written: planning sends the shape
     (once per chunk: pickle keeps one copy of a shared object) and a few values to the writer process instead of
-    the whole text, and the writer fills it in (`planning.fill_rows`). A tuple: it crosses to the writer process
+    the whole text, and the writer fills it in (`chunk_plan.fill_rows`). A tuple: it crosses to the writer process
     many times faster than a dataclass."""
 
     shape: NoticeShape
@@ -320,7 +323,8 @@ class _Part:
 class ShapeBook:
     """The shapes of one disrupted sailing's notices in one broadcast, and the fill-in for each booking."""
 
-    def __init__(self, facts: Any, template: str, settings: Any, reason: str | None, folder: str | None = None
+    def __init__(self, facts: SailingFacts, template: str, settings: Settings, reason: str | None,
+                 folder: str | None = None
                  ) -> None:
         self.facts, self.template, self.settings, self.reason, self.folder = facts, template, settings, reason, folder
         self.booking_parts = AttributeMemo({"ref": MARKS["R"]})
@@ -334,16 +338,11 @@ class ShapeBook:
         self.links: dict[datetime | None, tuple[str, str]] = {}
         self.units: dict[str, tuple[bool, int, int]] = {}
         self.link_safe = True
-        from notifier.broadcasts.lifecycle import booking_values, notice_context, offer_values, sailing_values
-        from notifier.disruptions import notice_extras
-
-        self.values_of = {"booking": booking_values, "context": notice_context, "offers": offer_values,
-                          "sailing": sailing_values, "extras": notice_extras}
         self.rendered_shapes = 0
         self.plain_renders = 0
 
     def link(self, booking_id: int, deadline: datetime | None) -> str:
-        """The signed choice link, exactly as `broadcasts.choice_link` makes it (with a signer made once)."""
+        """The signed choice link, exactly as `notices.choice_link` makes it (with a signer made once)."""
         if deadline not in self.links:
             moment = deadline or self.facts.sailing.scheduled_departure
             b36 = links._b36  # noqa: SLF001 - the same payload as links.make_token
@@ -404,8 +403,6 @@ class ShapeBook:
         return self.amounts[key]
 
     def _booking_part(self, booking: Any, language: str) -> _Part:
-        booking_values, notice_extras = self.values_of["booking"], self.values_of["extras"]
-
         def made(row: Any) -> _Part:
             return _Part({"booking": booking_values(row), **notice_extras(self.facts, row, language)}, {})
 
@@ -417,7 +414,7 @@ class ShapeBook:
         key = (language, deadline, tuple((o.kind, o.sailing_id, o.option_key, o.status) for o in offers))
         part = self.offer_parts.get(key)
         if part is None:
-            values = self.values_of["offers"](self.facts, offers, language, deadline)
+            values = offer_values(self.facts, offers, language, deadline)
             if values["refund"] is not None:
                 values["refund"] = {**values["refund"], "amount": MARKS["A"]}
             part = self.offer_parts[key] = _Part(values, {})
@@ -425,7 +422,7 @@ class ShapeBook:
 
     def _new_shape(self, channel: str, language: str, booking_part: _Part, offer_part: _Part
                    ) -> NoticeShape | None:
-        context = {**self.values_of["sailing"](self.facts, self.settings, language, self.reason),
+        context = {**sailing_values(self.facts, self.settings, language, self.reason),
                    "customer": {"name": MARKS["N"]}, **offer_part.values, "link": MARKS["L"],
                    **booking_part.values}
         try:
@@ -439,7 +436,7 @@ class ShapeBook:
     def _plain(self, channel: str, language: str, booking: Any, customer: Any, offers: list[Any],
                deadline: datetime | None) -> Rendered:
         self.plain_renders += 1
-        context = self.values_of["context"](self.facts, booking, customer, offers, self.settings, language, deadline,
+        context = notice_context(self.facts, booking, customer, offers, self.settings, language, deadline,
                                  self.reason)
         return render(channel, self.template, language, context, self.folder)
 

@@ -25,12 +25,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.planning import links
-from notifier.broadcasts.lifecycle import CAUSE_WORDS, TYPHOON_WORDS
+from notifier.planning.notices import CAUSE_WORDS, TYPHOON_WORDS
 from notifier.store.settings import ConfigError, Settings
 from notifier.store.db import make_engine, require_schema, session_factory, transaction
 from notifier.messages import local_time, money
 from notifier.store.models import Booking, Customer, Disruption, Notification, Route, Sailing, utcnow
-from notifier.planning.offers import held_places
+from notifier.store.capacity import held_places
 from notifier.store.paths import templates_dir
 from notifier.aftercare.responses import (ChoiceRefused, choice_keys, current_offers, decision_of, default_policy,
                                           offer_deadline, record_choice, sailing_view)

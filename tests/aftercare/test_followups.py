@@ -17,7 +17,7 @@ from sqlalchemy import select
 from cli import main
 from notifier.ops import demo
 from notifier.planning.audience import can_take_sms, normalise_email, normalise_phone
-from notifier.broadcasts.lifecycle import BroadcastRequest, create_manual
+from notifier.broadcasts.manual import BroadcastRequest, create_manual
 from notifier.store.settings import load_settings
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.aftercare.followups import FollowUpError, close, refresh, take, worklist

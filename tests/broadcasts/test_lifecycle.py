@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from notifier.broadcasts import lifecycle as broadcasts
+from notifier.broadcasts import correction, manual, preview as previews
 from notifier import messages
 from notifier.errors import NotifierError, UsageError
-from notifier.broadcasts.lifecycle import ApprovalNeeded, BroadcastRequest, NothingToSend
+from notifier.broadcasts.manual import ApprovalNeeded, BroadcastRequest, NothingToSend
 from notifier.delivery.providers import channels_for
 from notifier.delivery.dispatch import Dispatcher
 from notifier.planning.links import blank_tokens
@@ -34,7 +34,7 @@ def ask(**changes) -> BroadcastRequest:
 
 
 def create(factory, settings, **changes) -> int:
-    return broadcasts.create_manual(factory, ask(**changes), settings, now=DEMO_NOW)
+    return manual.create_manual(factory, ask(**changes), settings, now=DEMO_NOW)
 
 
 def busy_sailing(factory, route: str = "QZ-HAK-HAI") -> str:
@@ -90,7 +90,7 @@ def send_all(factory, settings):
 def test_a_manual_broadcast_is_held_exactly_as_its_preview_says(factory, demo_db, tmp_settings):
     broadcast_id = create(factory, tmp_settings)
 
-    preview = broadcasts.preview(factory, broadcast_id, tmp_settings)
+    preview = previews.preview(factory, broadcast_id, tmp_settings)
     rows = notices(factory, broadcast_id)
     assert rows and {n.status for n in rows} == {"held"}
     assert sum(preview.messages.values()) == len(rows) == preview.broadcast.recipient_count
@@ -112,7 +112,7 @@ def test_a_manual_broadcast_is_held_exactly_as_its_preview_says(factory, demo_db
 def test_times_without_an_offset_are_the_ports_local_time(factory, demo_db, tmp_settings):
     broadcast_id = create(factory, tmp_settings, start="2026-09-14T08:00", end="2026-09-14T08:30")
 
-    preview = broadcasts.preview(factory, broadcast_id, tmp_settings)
+    preview = previews.preview(factory, broadcast_id, tmp_settings)
     # 08:00 in Hong Kong is 00:00 UTC: exactly the first sailing of the day, shown in local time.
     assert [s["departure"] for s in preview.sailings] == ["2026-09-14 08:00"]
     assert preview.broadcast.target["from"] == datetime(2026, 9, 14, 0, 0, tzinfo=UTC).isoformat()
@@ -156,7 +156,7 @@ def test_a_template_missing_a_value_stops_the_broadcast_and_writes_nothing(facto
             if kind == "email":
                 (folder / kind / f"gate.{language}.html.j2").write_text("<p>x</p>", encoding="utf-8")
     monkeypatch.setattr(messages, "templates_dir", lambda: folder)
-    monkeypatch.setattr(broadcasts, "templates_dir", lambda: folder)
+    monkeypatch.setattr(manual, "templates_dir", lambda: folder)
     messages.environment.cache_clear()
     before = snapshot(factory)
     try:
@@ -191,7 +191,7 @@ def test_free_text_and_size_decide_approval(factory, demo_db, tmp_settings):
     quiet = create(factory, tmp_settings, start="2026-09-14T08:00", end="2026-09-14T09:00")
     worded = create(factory, tmp_settings, start="2026-09-14T10:00", end="2026-09-14T11:00", reason="Fog.")
     small_limit = replace(tmp_settings, approval_threshold=1)
-    large = broadcasts.create_manual(factory, ask(start="2026-09-14T12:00", end="2026-09-14T16:00"), small_limit,
+    large = manual.create_manual(factory, ask(start="2026-09-14T12:00", end="2026-09-14T16:00"), small_limit,
                                      now=DEMO_NOW)
 
     with factory() as session:
@@ -206,14 +206,14 @@ def test_unapproved_send_and_self_approval_are_refused_and_change_nothing(factor
     before = snapshot(factory)
 
     with pytest.raises(ApprovalNeeded) as unapproved:
-        broadcasts.send(factory, broadcast_id, "alice")
+        manual.send(factory, broadcast_id, "alice")
     with pytest.raises(ApprovalNeeded, match="a different operator"):
-        broadcasts.approve(factory, broadcast_id, "Alice")
+        manual.approve(factory, broadcast_id, "Alice")
 
     assert unapproved.value.exit_code == 4
     assert snapshot(factory) == before
-    broadcasts.approve(factory, broadcast_id, "bob")
-    assert broadcasts.send(factory, broadcast_id, "alice") == len(notices(factory, broadcast_id))
+    manual.approve(factory, broadcast_id, "bob")
+    assert manual.send(factory, broadcast_id, "alice") == len(notices(factory, broadcast_id))
     with factory() as session:
         actions = [(e.actor, e.action) for e in session.scalars(
             select(AuditEntry).where(AuditEntry.subject_type == "broadcast", AuditEntry.subject_id == str(broadcast_id))
@@ -224,22 +224,22 @@ def test_unapproved_send_and_self_approval_are_refused_and_change_nothing(factor
 
 def test_pause_resume_and_cancel_take_effect_at_the_next_claim(factory, demo_db, tmp_settings):
     broadcast_id = create(factory, tmp_settings)
-    broadcasts.send(factory, broadcast_id, "alice")
+    manual.send(factory, broadcast_id, "alice")
     total = len(notices(factory, broadcast_id))
 
-    broadcasts.pause(factory, broadcast_id, "alice")
+    manual.pause(factory, broadcast_id, "alice")
     assert send_all(factory, tmp_settings).sent == 0
-    broadcasts.resume(factory, broadcast_id, "alice")
+    manual.resume(factory, broadcast_id, "alice")
     assert send_all(factory, tmp_settings).sent == total
-    assert broadcasts.finish_sent_broadcasts(factory) == [broadcast_id]
+    assert previews.finish_sent_broadcasts(factory) == [broadcast_id]
     with pytest.raises(NotifierError, match="is done: nothing to cancel"):
-        broadcasts.cancel(factory, broadcast_id, "alice")
+        manual.cancel(factory, broadcast_id, "alice")
     assert len(outbox_lines(tmp_settings)) == sum(1 for n in notices(factory, broadcast_id) if n.channel == "sms")
 
 
 def test_cancel_stops_unsent_notices_but_not_the_ones_in_flight(factory, demo_db, tmp_settings):
     broadcast_id = create(factory, tmp_settings)
-    broadcasts.send(factory, broadcast_id, "alice")
+    manual.send(factory, broadcast_id, "alice")
     with factory() as session, session.begin():
         in_flight = session.scalars(select(Notification).where(Notification.broadcast_id == broadcast_id)
                                     .limit(2)).all()
@@ -247,7 +247,7 @@ def test_cancel_stops_unsent_notices_but_not_the_ones_in_flight(factory, demo_db
             notification.status = "sending"  # claimed by a dispatcher a moment ago
         in_flight_ids = {n.id for n in in_flight}
 
-    result = broadcasts.cancel(factory, broadcast_id, "bob")
+    result = manual.cancel(factory, broadcast_id, "bob")
 
     statuses = {n.id: n.status for n in notices(factory, broadcast_id)}
     assert result.cancelled == len(statuses) - 2 and result.told == 2
@@ -264,7 +264,7 @@ def test_cancelling_before_anyone_was_told_undoes_the_cancellation(factory, demo
         status = session.scalar(select(Sailing.status).where(Sailing.code == sailing))
     assert held > 0 and status == "cancelled"
 
-    result = broadcasts.cancel(factory, broadcast_id, "alice", now=DEMO_NOW)
+    result = manual.cancel(factory, broadcast_id, "alice", now=DEMO_NOW)
 
     with factory() as session:
         assert session.scalar(select(func.sum(SailingCapacity.held))) == 0
@@ -275,16 +275,16 @@ def test_cancelling_before_anyone_was_told_undoes_the_cancellation(factory, demo
 
 def test_a_correction_reaches_exactly_those_already_told_and_only_once(factory, demo_db, tmp_settings):
     broadcast_id = create(factory, tmp_settings)
-    broadcasts.send(factory, broadcast_id, "alice")
+    manual.send(factory, broadcast_id, "alice")
     with factory() as session, session.begin():
         first = session.scalars(select(Notification).where(Notification.broadcast_id == broadcast_id)
                                 .order_by(Notification.id).limit(5)).all()
         for notification in first:
             notification.status, notification.sent_at = "sent", DEMO_NOW
         told = {(n.channel, n.recipient) for n in first}
-    broadcasts.cancel(factory, broadcast_id, "alice")
+    manual.cancel(factory, broadcast_id, "alice")
 
-    correction_id = broadcasts.correct(factory, broadcast_id, "alice", tmp_settings, reason="Ignore it, sorry.",
+    correction_id = correction.correct(factory, broadcast_id, "alice", tmp_settings, reason="Ignore it, sorry.",
                                        now=DEMO_NOW)
 
     corrections = notices(factory, correction_id)
@@ -294,13 +294,13 @@ def test_a_correction_reaches_exactly_those_already_told_and_only_once(factory, 
     with factory() as session:
         assert session.get(Broadcast, correction_id).status == "awaiting_approval"  # free text
     with pytest.raises(NothingToSend, match="already told"):
-        broadcasts.correct(factory, broadcast_id, "bob", tmp_settings, now=DEMO_NOW)
+        correction.correct(factory, broadcast_id, "bob", tmp_settings, now=DEMO_NOW)
 
 
 def test_a_new_delay_is_told_again_the_same_delay_is_not(factory, demo_db, tmp_settings):
     window = {"start": "2026-09-14T08:00", "end": "2026-09-14T10:00"}
     first = create(factory, tmp_settings, **window)
-    broadcasts.send(factory, first, "alice")
+    manual.send(factory, first, "alice")
     send_all(factory, tmp_settings)
 
     with pytest.raises(NothingToSend, match=f"already told about disruption .* by broadcast #{first}"):
@@ -316,7 +316,7 @@ def test_a_new_delay_is_told_again_the_same_delay_is_not(factory, demo_db, tmp_s
 def test_resumed_clears_the_cancellation_gives_places_back_and_tells_everyone(factory, demo_db, tmp_settings):
     sailing = busy_sailing(factory)
     cancelled = create(factory, tmp_settings, route=None, sailings=(sailing,), kind="cancelled", delay_minutes=None)
-    broadcasts.send(factory, cancelled, "alice")
+    manual.send(factory, cancelled, "alice")
     send_all(factory, tmp_settings)
 
     resumed = create(factory, tmp_settings, route=None, sailings=(sailing,), kind="resumed", delay_minutes=None)
@@ -370,13 +370,13 @@ def test_a_broadcast_created_while_automatic_notices_are_in_flight_sends_nothing
         typhoon = {(n.booking_id, n.channel) for n in rows}
 
     # The duty officer cancels the whole route for the two days, typhoon sailings included.
-    manual = create(factory, tmp_settings, route="QZ-HAK-HAI", start="2026-09-14T08:00", end="2026-09-15T22:00",
+    by_hand = create(factory, tmp_settings, route="QZ-HAK-HAI", start="2026-09-14T08:00", end="2026-09-15T22:00",
                     kind="cancelled", delay_minutes=None)
 
-    preview = broadcasts.preview(factory, manual, tmp_settings)
+    preview = previews.preview(factory, by_hand, tmp_settings)
     skipped = preview.facts["skipped"]
     assert skipped and {s["broadcast_id"] for s in skipped} == {automatic}
-    mine = notices(factory, manual)
+    mine = notices(factory, by_hand)
     assert mine and not typhoon & {(n.booking_id, n.channel) for n in mine}
     with factory() as session:
         on_route = set(session.scalars(select(Notification.booking_id).join(Booking).join(Sailing)
@@ -384,7 +384,7 @@ def test_a_broadcast_created_while_automatic_notices_are_in_flight_sends_nothing
                                               Sailing.code.like("QZ-HAK-HAI-%"))))
     assert sum(s["bookings"] for s in skipped) == len(on_route)
 
-    broadcasts.send(factory, manual, "alice")
+    manual.send(factory, by_hand, "alice")
     with factory() as session, session.begin():  # the claimed ones come back as a dispatcher would leave them
         for notification in session.scalars(select(Notification).where(Notification.status == "sending")):
             notification.status = "queued"

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 
 from notifier.errors import NotifierError
 from notifier.planning.audience import can_take_sms, normalise_phone
-from notifier.broadcasts.lifecycle import BroadcastRequest, clean_reason, create_manual
+from notifier.broadcasts.manual import BroadcastRequest, clean_reason, create_manual
 from notifier.store.settings import load_settings
 from notifier.store.db import make_engine, session_factory
 from notifier.ops.demo import generate

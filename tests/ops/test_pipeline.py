@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, update
 
-from notifier.broadcasts import lifecycle as broadcasts
+from notifier.planning import plan as planner
 from notifier.channels.file import FileEmailChannel, FileSmsChannel
 from notifier.store.db import transaction
 from notifier.ops.demo import bundled_feed
@@ -84,8 +84,8 @@ def test_crash_half_way_then_rerun_gives_the_same_notifications(factory, demo_db
 
     # Planned ahead, a chunk is written by the writer thread (_write_chunk); otherwise in one go (_plan_chunk).
     hook = "_write_chunk" if ahead else "_plan_chunk"
-    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: ahead)  # SQLite plans ahead only when told to
-    real_chunk = getattr(broadcasts, hook)
+    monkeypatch.setattr(planner, "_ahead_pays", lambda _backend: ahead)  # SQLite plans ahead only when told to
+    real_chunk = getattr(planner, hook)
     calls = {"n": 0}
 
     def crash_on_second_chunk(*args, **kwargs):
@@ -94,11 +94,11 @@ def test_crash_half_way_then_rerun_gives_the_same_notifications(factory, demo_db
             raise RuntimeError("simulated crash")
         return real_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, hook, crash_on_second_chunk)
+    monkeypatch.setattr(planner, hook, crash_on_second_chunk)
     with pytest.raises(RuntimeError):
         run_pipeline(factory, tmp_settings, demo_db.epoch)
     partial = outbox_keys(factory)
-    monkeypatch.setattr(broadcasts, hook, real_chunk)
+    monkeypatch.setattr(planner, hook, real_chunk)
     plan_pending(factory, tmp_settings, now=demo_db.epoch)
 
     assert 0 < len(partial) < len(outbox_keys(reference))
@@ -150,7 +150,7 @@ def test_places_taken_by_another_writer_while_planning_ahead_are_never_overbooke
     processes = request.getfixturevalue("writer_processes") if writer == "process" else None
     ingest(factory, cap.parse(bundled_feed(demo_db.epoch)))
     process_new_items(factory, load_rules([rules_dir()]), now=demo_db.epoch)
-    real_prepare, real_plan = broadcasts.prepare_chunk, broadcasts._plan_chunk
+    real_prepare, real_plan = planner.prepare_chunk, planner._plan_chunk
     calls = {"prepared": 0, "ordinary": 0}
 
     def someone_else_takes_the_places(*args, **kwargs):
@@ -167,9 +167,9 @@ def test_places_taken_by_another_writer_while_planning_ahead_are_never_overbooke
         calls["ordinary"] += 1
         return real_plan(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: writer == "thread")  # as on PostgreSQL
-    monkeypatch.setattr(broadcasts, "prepare_chunk", someone_else_takes_the_places)
-    monkeypatch.setattr(broadcasts, "_plan_chunk", ordinary)
+    monkeypatch.setattr(planner, "_ahead_pays", lambda _backend: writer == "thread")  # as on PostgreSQL
+    monkeypatch.setattr(planner, "prepare_chunk", someone_else_takes_the_places)
+    monkeypatch.setattr(planner, "_plan_chunk", ordinary)
     plan_pending(factory, tmp_settings, now=demo_db.epoch)
 
     over, held_by_offers, counters, standby = capacity_outcome(factory)

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from notifier.broadcasts import lifecycle as broadcasts
+from notifier.broadcasts import manual
 from notifier.errors import UsageError
-from notifier.broadcasts.lifecycle import BroadcastRequest
+from notifier.broadcasts.manual import BroadcastRequest
 from notifier.store.models import CustomerResponse, Disruption, Notification, Offer, Route, Sailing
 from notifier.ops.reports import build_report, mask_email, mask_phone, parse_since, render_html
 from tests.conftest import DEMO_NOW
@@ -36,8 +36,8 @@ def cancel_on_eu_route(factory, settings, sailing: Sailing) -> int:
     with factory() as session, session.begin():
         session.execute(update(Route).where(Route.id == sailing.route_id).values(jurisdiction="EU"))
     request = BroadcastRequest(operator="alice", kind="cancelled", sailings=(sailing.code,))
-    broadcast_id = broadcasts.create_manual(factory, request, settings, now=DEMO_NOW)
-    broadcasts.send(factory, broadcast_id, "alice", now=DEMO_NOW)
+    broadcast_id = manual.create_manual(factory, request, settings, now=DEMO_NOW)
+    manual.send(factory, broadcast_id, "alice", now=DEMO_NOW)
     with factory() as session:
         return session.scalar(select(Notification.disruption_id).where(Notification.broadcast_id == broadcast_id))
 
@@ -116,7 +116,7 @@ def test_eu_thirty_minute_duty_met_missed_and_pending(factory, demo_db, tmp_sett
 
 def test_routes_outside_the_eu_are_not_judged(factory, demo_db, tmp_settings):
     sailing = busy_sailings(factory, "QZ-HAK-HAI", 1)[0]
-    broadcasts.create_manual(factory, BroadcastRequest(operator="a", kind="cancelled", sailings=(sailing.code,)),
+    manual.create_manual(factory, BroadcastRequest(operator="a", kind="cancelled", sailings=(sailing.code,)),
                              tmp_settings, now=DEMO_NOW)
 
     figures = build_report(factory, now=DEMO_NOW + timedelta(days=2))

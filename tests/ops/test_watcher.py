@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from notifier.broadcasts import lifecycle as broadcasts
-from notifier.broadcasts.lifecycle import BroadcastRequest
+from notifier.broadcasts import manual
+from notifier.broadcasts.manual import BroadcastRequest
 from notifier.store.settings import FeedSource
 from notifier.store.db import make_engine
 from notifier.ops.demo import bundled_feed, generate
@@ -223,8 +223,8 @@ def test_sigterm_during_a_broadcast_then_restart_loses_and_doubles_nothing(facto
     day = (network.epoch + timedelta(days=1)).date()
     request = BroadcastRequest(operator="alice", kind="delayed", delay_minutes=30, port="CNHAK",
                                start=f"{day}T00:00", end=f"{day + timedelta(days=2)}T00:00", channels=("email",))
-    broadcast_id = broadcasts.create_manual(factory, request, replace(tmp_settings, approval_threshold=100_000))
-    broadcasts.send(factory, broadcast_id, "alice")
+    broadcast_id = manual.create_manual(factory, request, replace(tmp_settings, approval_threshold=100_000))
+    manual.send(factory, broadcast_id, "alice")
     total = count(factory, Notification.broadcast_id == broadcast_id)
     assert total > 150, "the broadcast must outlast the moment SIGTERM arrives"
 

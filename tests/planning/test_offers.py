@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, update
 
-from notifier.broadcasts.lifecycle import create_automatic, plan_broadcast
+from notifier.planning.plan import create_automatic, plan_broadcast
 from notifier.store.settings import ConfigError
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.rules.entitlements import policy_tags
@@ -20,8 +20,8 @@ from notifier.ops.demo import bundled_feed, generate
 from notifier.feeds import cap
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, Offer, Port, Route, Sailing,
                                    SailingCapacity)
-from notifier.planning.offers import (candidates_for, convert_hold, expire_holds, make_offers, planning_order,
-                                      refund_amount, release)
+from notifier.planning.offers import expire_holds, make_offers, planning_order, refund_amount
+from notifier.store.capacity import candidates_for, convert_hold, release
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, process_new_items
 from notifier.rules.engine import load_rule_set, load_rules

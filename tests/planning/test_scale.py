@@ -17,10 +17,13 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import func, select, update
 
 from bench.baseline_plan import plan_one_by_one
-from notifier.broadcasts import lifecycle as broadcasts
+from notifier.planning import chunks
+from notifier.broadcasts import manual
+from notifier.planning import plan as planner
 from notifier.planning.audience import Recipient, opted_out, recipients_for
-from notifier.broadcasts.lifecycle import (BroadcastRequest, SailingFacts, create_automatic, notice_context,
-                                           plan_broadcast)
+from notifier.broadcasts.manual import BroadcastRequest
+from notifier.planning.plan import create_automatic, plan_broadcast
+from notifier.planning.notices import SailingFacts, choice_link, notice_context
 from notifier.planning.contacts import check_contacts, contact_check, is_current, recipients_checked
 from notifier.store.db import make_engine, session_factory, transaction
 from notifier.ops.demo import bundled_feed, generate
@@ -30,7 +33,7 @@ from notifier.channels.segments import sms_segments
 from notifier.messages import render
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, Notification, Offer, OptOut, Port, Route,
                                    Sailing, SailingCapacity)
-from notifier.planning.offers import candidates_for
+from notifier.store.capacity import candidates_for
 from notifier.store.paths import rules_dir, templates_dir
 from notifier.ops.pipeline import ingest, process_new_items
 from notifier.rules.engine import Impact, load_rules
@@ -162,13 +165,13 @@ def test_a_manual_broadcast_with_free_text_is_planned_on_hold_the_same_both_ways
     source = Path(tmp_settings.database_url[len("sqlite:///"):])
     before = tmp_path / "before.db"
     snapshot(source, before)
-    broadcast_id = broadcasts.create_manual(factory, request, tmp_settings, now=DEMO_NOW)
+    broadcast_id = manual.create_manual(factory, request, tmp_settings, now=DEMO_NOW)
     bulk = outcome(factory)
     engine, other = copy_database(before, tmp_path / "one_by_one.db")
     try:
-        with broadcasts.single_transaction(other) as single:
+        with manual.single_transaction(other) as single:
             with transaction(single) as session:
-                assert broadcasts._record_manual(session, broadcasts.checked_request(request), DEMO_NOW) == \
+                assert manual._record_manual(session, manual.checked_request(request), DEMO_NOW) == \
                     broadcast_id
             plan_one_by_one(single, broadcast_id, tmp_settings, DEMO_NOW)
         one_by_one = outcome(other)
@@ -188,7 +191,7 @@ def test_the_first_notices_are_dispatchable_while_planning_goes_on(factory, tmp_
     # Planned ahead (PostgreSQL's way), each chunk is written by _write_chunk while the next is planned; otherwise
     # _plan_chunk reads, plans and writes it in one transaction (SQLite's way).
     hook = "_write_chunk" if ahead else "_plan_chunk"
-    real_chunk = getattr(broadcasts, hook)
+    real_chunk = getattr(planner, hook)
     seen: list[tuple[int, int]] = []  # (bookings in this chunk, queued notices another connection sees before it)
 
     def watched_chunk(session, broadcast, parts, *args, **kwargs):
@@ -198,8 +201,8 @@ def test_the_first_notices_are_dispatchable_while_planning_goes_on(factory, tmp_
                                                                      Notification.status == "queued"))))
         return real_chunk(session, broadcast, parts, *args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, "_ahead_pays", lambda _backend: ahead)
-    monkeypatch.setattr(broadcasts, hook, watched_chunk)
+    monkeypatch.setattr(planner, "_ahead_pays", lambda _backend: ahead)
+    monkeypatch.setattr(planner, hook, watched_chunk)
     try:
         result = plan_broadcast(factory, broadcast_id, tmp_settings, now=DEMO_NOW, chunk=10)
     finally:
@@ -213,9 +216,9 @@ def test_the_first_notices_are_dispatchable_while_planning_goes_on(factory, tmp_
 
 
 def test_chunks_start_small_and_grow():
-    sizes = broadcasts.ChunkSizes(2000)
+    sizes = chunks.ChunkSizes(2000)
     assert [sizes.next() for _ in range(7)] == [10, 40, 160, 640, 2000, 2000, 2000]
-    assert [broadcasts.ChunkSizes(5).next() for _ in range(2)] == [5, 5]
+    assert [chunks.ChunkSizes(5).next() for _ in range(2)] == [5, 5]
 
 
 # --- shapes: byte-identical to a plain render -------------------------------------------------------------------
@@ -370,7 +373,7 @@ def test_the_choice_link_of_a_shape_is_the_link_every_notice_carries(factory, tm
     book = ShapeBook(facts, "cancelled", tmp_settings, None)
     for booking_id in (1, 35, 36, 1295, 1296, 46655, 46656, 10**9 + 7):
         for deadline in (None, DEMO_NOW + timedelta(hours=12)):
-            assert book.link(booking_id, deadline) == broadcasts.choice_link(
+            assert book.link(booking_id, deadline) == choice_link(
                 tmp_settings, booking_id, facts.disruption.id, deadline or facts.sailing.scheduled_departure)
 
 

@@ -11,7 +11,7 @@ import signal
 import pytest
 from sqlalchemy import func, select, text
 
-from notifier.broadcasts import lifecycle as broadcasts
+from notifier.planning import plan as planner
 from notifier.store.db import make_engine, session_factory
 from notifier.ops.demo import bundled_feed
 from notifier.feeds import cap
@@ -61,14 +61,14 @@ def everything(factory) -> dict[str, list]:
 def planned_the_ordinary_way(reference, settings, monkeypatch):
     factory, network = reference
     with monkeypatch.context() as ordinary:
-        ordinary.setattr(broadcasts, "WRITER_PROCESS_MIN_BOOKINGS", 10**9)
+        ordinary.setattr(planner, "WRITER_PROCESS_MIN_BOOKINGS", 10**9)
         run_pipeline(factory, settings, network.epoch)
     return everything(factory)
 
 
 def watch_calls(monkeypatch, name: str, on_call=None) -> list[int]:
-    """Wrap broadcasts.<name>: `on_call(n)` runs before its n-th call (from 1); returns the calls seen so far."""
-    real, calls = getattr(broadcasts, name), []
+    """Wrap planning.plan.<name>: `on_call(n)` runs before its n-th call (from 1); returns the calls seen so far."""
+    real, calls = getattr(planner, name), []
 
     def watched(*args, **kwargs):
         calls.append(len(calls) + 1)
@@ -76,7 +76,7 @@ def watch_calls(monkeypatch, name: str, on_call=None) -> list[int]:
             on_call(len(calls))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(broadcasts, name, watched)
+    monkeypatch.setattr(planner, name, watched)
     return calls
 
 
@@ -113,7 +113,7 @@ def test_a_writer_process_killed_mid_plan_loses_and_doubles_nothing(factory, dem
 def test_a_planner_crash_stops_the_writer_process_and_a_rerun_completes_the_plan(
         factory, demo_db, tmp_settings, reference, writer_processes, monkeypatch):
     expected = planned_the_ordinary_way(reference, tmp_settings, monkeypatch)
-    real_prepare = broadcasts.prepare_chunk
+    real_prepare = planner.prepare_chunk
 
     def crash_on_third_chunk(call):
         if call == 3:
@@ -127,7 +127,7 @@ def test_a_planner_crash_stops_the_writer_process_and_a_rerun_completes_the_plan
         partial = session.scalar(select(func.count()).select_from(Notification))
     assert partial > 0  # the chunks handed over before the crash were written
 
-    monkeypatch.setattr(broadcasts, "prepare_chunk", real_prepare)
+    monkeypatch.setattr(planner, "prepare_chunk", real_prepare)
     plan_pending(factory, tmp_settings, now=demo_db.epoch)
     assert everything(factory)["notices"] == expected["notices"]
     assert everything(factory)["offers"] == expected["offers"]
