@@ -35,8 +35,7 @@ from notifier.messages import local_time, render
 from notifier.store.models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, Port, Route,
                                    Sailing, utcnow)
 from notifier.delivery.optouts import opted_out_pairs
-from notifier.planning.chunk_plan import NOTICE_COLUMNS
-from notifier.store.bulk import bulk_insert
+from notifier import outbox
 
 TEMPLATE = "reminder"
 CHOOSABLE = ("rebook", "standby", "refund")
@@ -130,8 +129,7 @@ def _queue_chunk(session: Session, settings: Settings, chunk: list[Due], now: da
     facts: dict[int, Any] = {}
     rows = [_reminder_row(session, settings, loaded, due, channel, address, facts)
             for due, channel, address in chosen]
-    added = max(bulk_insert(session, Notification.__table__, NOTICE_COLUMNS, rows, skip_duplicates=True,
-                            constants={"created_at": utcnow()}), 0)
+    added = outbox.add(session, rows, constants={"created_at": utcnow()})
     if added:
         audit.record(session, "watcher", "reminders.queued", None, None, count=added,
                      disruptions=sorted({due.disruption_id for due, _, _ in chosen}))

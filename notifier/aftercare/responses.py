@@ -25,6 +25,7 @@ from notifier.store import audit
 from notifier.errors import NotifierError
 from notifier.planning.audience import normalise_email, normalise_phone, recipients_for
 from notifier.store.settings import ConfigError, Settings
+from notifier import outbox
 from notifier.store.db import insert_ignore, transaction
 from notifier.messages import local_time, money, render
 from notifier.store.models import (Booking, Customer, CustomerResponse, Disruption, Notification, Offer, OptOut, Port,
@@ -270,8 +271,7 @@ def queue_confirmation(session: Session, settings: Settings, outcome: Outcome,
                      "created_at": created})
     if not rows:
         return 0
-    return session.execute(insert_ignore(Notification.__table__, session).execution_options(preserve_rowcount=True),
-                           rows).rowcount
+    return outbox.add(session, rows, columns=None)
 
 
 def confirmation_context(session: Session, settings: Settings, outcome: Outcome, language: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from notifier.messages import render
 from notifier.store.models import (Booking, Customer, CustomerResponse, Disruption, FollowUp, Notification, Offer,
                                    SatisfactionRequest, utcnow)
 from notifier.delivery.optouts import opted_out_pairs
-from notifier.planning.chunk_plan import NOTICE_COLUMNS
+from notifier import outbox
 from notifier.store.bulk import bulk_insert
 
 TEMPLATE = "satisfaction"
@@ -365,9 +365,8 @@ def _queue_notices(session: Session, settings: Settings, asks: list[Ask], now: d
     when there is one)."""
     # after every notice about a sailing still to come: the outbox sends lower numbers first
     priority = int((now + timedelta(days=30)).timestamp())
-    bulk_insert(session, Notification.__table__, NOTICE_COLUMNS,
-                [_notice_row(session, settings, a, priority) for a in asks], skip_duplicates=True,
-                constants={"created_at": utcnow()})
+    outbox.add(session, [_notice_row(session, settings, a, priority) for a in asks],
+               constants={"created_at": utcnow()})
     keys = {request_key(a.customer.id, a.sailing_id): (a.customer.id, a.sailing_id) for a in asks}
     notice_of = {keys[key]: notification_id for page in pages(sorted(keys), PAGE) for key, notification_id in
                  session.execute(select(Notification.dedup_key, Notification.id)

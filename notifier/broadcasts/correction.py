@@ -15,7 +15,8 @@ from notifier.planning.notices import SailingFacts, dedup_key, notice_context, s
 from notifier.planning.plan import MAX_CHUNK, decide_manual_approval, preview_facts
 from notifier.planning.chunk_plan import PlanResult, note_skipped
 from notifier.store import audit
-from notifier.store.db import insert_ignore, transaction
+from notifier import outbox
+from notifier.store.db import transaction
 from notifier.store.models import Booking, Broadcast, Customer, Disruption, Notification, utcnow
 from notifier.store.settings import Settings
 
@@ -98,7 +99,7 @@ def _plan_correction_chunk(session: Session, correction_id: int, original_id: in
                        "status": "held", "priority": told.priority, "attempts": 0, "created_at": utcnow()})
     result.bookings += len({row["booking_id"] for row in values})
     if values:
-        inserted = session.execute(insert_ignore(Notification.__table__, session), values).rowcount
+        inserted = outbox.add(session, values, columns=None)
         result.notifications += max(inserted, 0)
         if inserted < len(values):
             result.skipped_existing += len(values) - max(inserted, 0)

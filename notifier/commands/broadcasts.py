@@ -42,7 +42,7 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
                      end: str | None, kind: str | None, delay_minutes: int | None, reason: str | None, cause: str,
                      template: str | None, channels: str, audience: str, operator: str | None, yes: bool) -> None:
     """Plan a broadcast on hold and print its preview; nothing is sent until it is approved (when needed) and sent."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import manual, preview as previews
     from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
@@ -73,7 +73,7 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
 @click.pass_context
 def broadcast_preview(ctx: click.Context, broadcast_id: int, show_all: bool) -> None:
     """Show again what a broadcast sends: recipients, cost, time, samples, offers, approval."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import preview as previews
     from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
@@ -87,7 +87,7 @@ def broadcast_preview(ctx: click.Context, broadcast_id: int, show_all: bool) -> 
 @click.pass_context
 def broadcast_approve(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Approve a broadcast (as an operator other than its creator)."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import manual
 
     settings = settings_from(ctx)
     operator = operator or settings.operator
@@ -104,7 +104,7 @@ def broadcast_approve(ctx: click.Context, broadcast_id: int, operator: str | Non
 @click.pass_context
 def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, wait: bool, yes: bool) -> None:
     """Release an approved broadcast to the dispatcher (exit 4 while it still needs approval)."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import manual, preview as previews
     from notifier.ops.console import dispatch_here, follow, progress_line
 
     settings = settings_from(ctx)
@@ -134,7 +134,7 @@ def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, 
 @click.pass_context
 def broadcast_status(ctx: click.Context, broadcast_id: int, follow: bool) -> None:
     """Sent / delivered / failed / remaining and the current rate."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import preview as previews
     from notifier.ops import console
 
     settings = settings_from(ctx)
@@ -167,7 +167,7 @@ def broadcast_resume(ctx: click.Context, broadcast_id: int, operator: str | None
 def act_then_show_progress(ctx: click.Context, action: str, broadcast_id: int, operator: str | None,
                            done: str) -> None:
     """Pause or resume a broadcast, say so, and show where it stands."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import manual, preview as previews
     from notifier.ops.console import progress_line
 
     settings = settings_from(ctx)
@@ -184,7 +184,7 @@ def act_then_show_progress(ctx: click.Context, action: str, broadcast_id: int, o
 @click.pass_context
 def broadcast_cancel(ctx: click.Context, broadcast_id: int, operator: str | None) -> None:
     """Stop a broadcast for good: unsent messages are cancelled (those in flight finish)."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import manual
     from notifier.ops.console import cancelled_lines
 
     settings = settings_from(ctx)
@@ -201,7 +201,7 @@ def broadcast_cancel(ctx: click.Context, broadcast_id: int, operator: str | None
 def broadcast_correct(ctx: click.Context, broadcast_id: int, template: str | None, reason: str | None,
                       operator: str | None) -> None:
     """Plan a correction to everyone a broadcast already told (held, then approve/send as usual)."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import correction, preview as previews
     from notifier.ops.console import preview_lines
 
     settings = settings_from(ctx)
@@ -217,7 +217,7 @@ def broadcast_correct(ctx: click.Context, broadcast_id: int, template: str | Non
 @click.pass_context
 def broadcast_list(ctx: click.Context, limit: int) -> None:
     """The newest broadcasts, with their status and progress."""
-    from notifier.broadcasts import correction, manual, preview as previews
+    from notifier.broadcasts import preview as previews
     from notifier.ops.console import broadcast_list_lines
 
     echo_lines(broadcast_list_lines(previews.recent_broadcasts(open_database(settings_from(ctx)), limit)))

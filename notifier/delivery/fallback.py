@@ -21,7 +21,7 @@ from notifier.store import audit
 from notifier.errors import NotifierError
 from notifier.planning.audience import can_take_sms, normalise_email, normalise_phone
 from notifier.store.settings import Settings
-from notifier.store.db import insert_ignore
+from notifier import outbox
 from notifier.channels.segments import sms_segments
 from notifier.messages import Rendered, render
 from notifier.store.models import Booking, Customer, Disruption, Notification, Offer, Port, utcnow
@@ -57,7 +57,7 @@ def plan_fallback(session: Session, notification: Notification, settings: Settin
            "body_html": rendered.body_html, "segments": rendered.segments,
            "safety_critical": notification.safety_critical, "status": "queued", "priority": notification.priority,
            "attempts": 0, "created_at": notification.created_at or utcnow()}
-    inserted = session.execute(insert_ignore(Notification.__table__, session), [row]).rowcount
+    inserted = outbox.add(session, [row], columns=None)
     if inserted:
         audit.record(session, actor, "notification.fallback", "notification", notification.id,
                      from_channel=notification.channel, to_channel=other, reason=reason or "")

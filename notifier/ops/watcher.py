@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.store import audit
 from notifier.store.settings import Settings
+from notifier import outbox
 from notifier.store.db import insert_ignore, is_postgres, make_engine, require_schema, session_factory, transaction
 from notifier.store.models import (Broadcast, Disruption, FeedItem, Lock, Notification, Sailing, WatcherHeartbeat,
                                    utcnow)
@@ -153,7 +154,7 @@ def queue_ops_email(session: Session, settings: Settings, key: str, subject: str
            "template": "ops", "purpose": "ops", "subject": subject, "body_text": body, "body_html": None,
            "segments": 0, "safety_critical": False, "status": "queued", "priority": 0, "attempts": 0,
            "revision": 0, "created_at": utcnow()}
-    return bool(session.execute(insert_ignore(Notification.__table__, session), [row]).rowcount)
+    return bool(outbox.add(session, [row], columns=None))
 
 
 def queue_broadcast_summaries(factory: sessionmaker[Session], settings: Settings, now: datetime | None = None

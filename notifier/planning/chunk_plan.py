@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from notifier import outbox
+from notifier.outbox import NOTICE_COLUMNS
 from notifier.planning.allocate import (FreePlaces, allocate_ahead, allocate_offers, hold_all, insert_offers,
                                         offer_rows, offers_made)
 from notifier.planning.audience import Unreachable
@@ -33,13 +35,10 @@ from notifier.planning.contacts import contact_check, is_current, recipients_che
 from notifier.planning.notices import dedup_key
 from notifier.planning.shapes import Unfilled
 from notifier.rules import entitlements
-from notifier.store.bulk import bulk_insert, defer_checkpoint, rows_where_in
+from notifier.store.bulk import defer_checkpoint, rows_where_in
 from notifier.store.models import Disruption, Notification, OptOut, utcnow
 from notifier.store.settings import Settings
 
-NOTICE_COLUMNS = ("dedup_key", "booking_id", "customer_id", "disruption_id", "revision", "broadcast_id", "channel",
-                  "recipient", "language", "template", "purpose", "subject", "body_text", "body_html", "segments",
-                  "safety_critical", "status", "priority", "attempts")
 
 
 @dataclass
@@ -227,8 +226,7 @@ def _commit_notices(session: Session, broadcast_id: int, notices: ChunkNotices, 
     rows = fill_rows(notices.rows)
     result.by_channel_language.update(zip(map(itemgetter(6), rows), map(itemgetter(8), rows)))
     result.segments += sum(map(itemgetter(14), rows))
-    inserted = max(bulk_insert(session, Notification.__table__, NOTICE_COLUMNS, rows, skip_duplicates=True,
-                               constants={"created_at": utcnow()}), 0)
+    inserted = outbox.add(session, rows, constants={"created_at": utcnow()})
     result.notifications += inserted
     result.skipped_existing += len(rows) - inserted
     if inserted < len(rows):

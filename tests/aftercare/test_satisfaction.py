@@ -26,7 +26,7 @@ from notifier.store.models import (Booking, Customer, CustomerResponse, Disrupti
 from notifier.store.migrate import upgrade
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import expire_disruptions, ingest, plan_pending, process_new_items
-from notifier.planning.chunk_plan import NOTICE_COLUMNS
+from notifier.outbox import NOTICE_COLUMNS
 from notifier.aftercare.responses import apply_no_answer_defaults, handle_sms_reply
 from notifier.rules.engine import load_rules
 from notifier.aftercare.satisfaction import loop_figures, make_token, queue_requests, read_score, resolved_disruptions
