@@ -253,7 +253,7 @@ def rules() -> None:
 def rules_check(ctx: click.Context) -> None:
     """Validate every rule file; print the rules loaded."""
     from notifier.store.paths import rules_dir
-    from notifier.rules.engine import load_rule_set
+    from notifier.rules.load import load_rule_set
 
     settings = settings_from(ctx)
     loaded = load_rule_set([rules_dir(), *map(Path, settings.rules_dirs)])
@@ -866,7 +866,7 @@ def feeds_poll(ctx: click.Context, once: bool) -> None:
     from notifier.errors import UsageError
     from notifier.store.paths import rules_dir
     from notifier.ops.polling import poll_all
-    from notifier.rules.engine import load_rules
+    from notifier.rules.load import load_rules
     from notifier.ops.watcher import Watcher, run_pipeline
 
     settings = settings_from(ctx)

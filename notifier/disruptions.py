@@ -30,7 +30,7 @@ from notifier.rules.entitlements import notice_lines
 from notifier.messages import local_time, money
 from notifier.store.models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Port, Sailing, utcnow
 from notifier.planning.offers import candidates_for, release_many
-from notifier.rules.engine import STRENGTH, Impact
+from notifier.rules.model import STRENGTH, Impact
 
 LIVE = ("active", "superseded")
 OFFER_KINDS = ("cancelled", "delayed", "port_omitted")

@@ -44,7 +44,7 @@ from notifier.store.paths import templates_dir
 from notifier.planning.writer import (ChunkNotices, ChunkWriter, FreePlaces, PlanResult, PreparedChunk, WriterProcess,
                                       collector_paused, defer_checkpoint, mark_finished, note_skipped, plan_chunk,
                                       prepare_chunk, write_ahead)
-from notifier.rules.engine import Impact
+from notifier.rules.model import Impact
 from notifier.planning.shapes import ShapeBook
 
 CAUSE_WORDS = {"en": {"weather": "severe weather", "port_closure": "a port closure", "strike": "industrial action",
