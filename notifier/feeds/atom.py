@@ -21,8 +21,8 @@ from email.utils import parsedate_to_datetime
 from xml.etree.ElementTree import Element, SubElement
 
 from notifier.feeds import Area, FeedParseError, Observation
-from notifier.feeds.cap import (MSG_TYPES, _area, alert_to_observation, child, children, local_name, parse_time,
-                                parse_xml, text)
+from notifier.feeds.cap import (MSG_TYPES, alert_to_observation, child, children, local_name, parse_time, parse_xml,
+                                read_area, text)
 
 ATOM_NAMESPACE = "http://www.w3.org/2005/Atom"
 
@@ -199,4 +199,4 @@ def _legacy_area(entry: Element) -> Area:
             geocode = SubElement(area, "geocode")
             SubElement(geocode, "valueName").text = value_name
             SubElement(geocode, "value").text = value
-    return _area(area)
+    return read_area(area)

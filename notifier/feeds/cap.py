@@ -13,7 +13,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from notifier.feeds import MAX_FEED_BYTES, Area, FeedParseError, Observation
+from notifier.feeds import Area, FeedParseError, Observation
+from notifier.feeds.reading import check_size
 
 CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
                   "http://www.incident.com/cap/1.0")
@@ -30,8 +31,7 @@ def parse(data: bytes, source: str = "") -> list[Observation]:
 
 def parse_xml(data: bytes, what: str) -> Element:
     """Parse untrusted XML safely; every failure becomes a FeedParseError with a readable reason."""
-    if len(data) > MAX_FEED_BYTES:
-        raise FeedParseError(f"{what} is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
+    check_size(data, what)
     try:
         return SafeET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
@@ -135,7 +135,7 @@ def _apply_infos(observation: Observation, infos: list[Element]) -> None:
         observation.texts.setdefault(language, {"headline": text(info, "headline"),
                                                 "description": text(info, "description"),
                                                 "event": text(info, "event")})
-        observation.areas.extend(_area(area) for area in children(info, "area"))
+        observation.areas.extend(read_area(area) for area in children(info, "area"))
     observation.ports = sorted({code.split(":", 1)[1] for area in observation.areas for code in area.geocodes
                                 if code.startswith("UNLOCODE:")})
 
@@ -149,7 +149,8 @@ def _parameters(info: Element) -> dict[str, str]:
     return params
 
 
-def _area(area: Element) -> Area:
+def read_area(area: Element) -> Area:
+    """One <area>: its description, polygons, circles and geocodes (ATOM entries with inline CAP fields use it too)."""
     result = Area(description=text(area, "areaDesc"))
     for polygon in children(area, "polygon"):
         ring = _polygon((polygon.text or "").strip())

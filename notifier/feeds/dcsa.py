@@ -23,7 +23,7 @@ from typing import Any
 
 from notifier.feeds import FeedParseError, Observation
 from notifier.feeds.port_status import is_locode
-from notifier.feeds.sniff import iso, load_json, parse_time
+from notifier.feeds.reading import iso, load_json, parse_time
 
 # SMDG delay reason codes, as curated by DCSA (DCSA-Information-Model smdgdelayreasoncodes.csv, CC0-1.0).
 SMDG_DELAY_REASONS = {

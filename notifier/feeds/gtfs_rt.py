@@ -6,13 +6,14 @@ and the other entity types say nothing about disruptions and are left out (a not
 
 An entity's version is a digest of its content (its own `timestamp` left out): a producer re-publishes the whole
 feed every few seconds with a new header time, and an unchanged trip must be a no-op, not a new feed item.
-`feed_timestamp` is what the watcher compares to notice a feed whose clock goes backwards. The text format (`.asciipb`) is accepted for the specification's own
-examples and for hand-written test feeds.
+`feed_timestamp` is what the watcher compares to notice a feed whose clock goes backwards. The text format
+(`.asciipb`) is accepted for the specification's own examples and for hand-written test feeds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from google.protobuf import message, text_format
 from google.transit import gtfs_realtime_pb2 as gtfs
 
 from notifier.feeds import FeedParseError, Observation
-from notifier.feeds.sniff import GTFS_RT_TEXT, check_size, iso
+from notifier.feeds.reading import check_size, iso
 
 TRIP_RELATIONSHIP = gtfs.TripDescriptor.ScheduleRelationship
 # Plain ints: the enum wrapper's attribute lookup is slow in the per-stop loop.
@@ -29,6 +30,8 @@ STOP_SCHEDULED = gtfs.TripUpdate.StopTimeUpdate.ScheduleRelationship.Value("SCHE
 STOP_SKIPPED = gtfs.TripUpdate.StopTimeUpdate.ScheduleRelationship.Value("SKIPPED")
 # GTFS-RT severity levels in CAP's vocabulary, which the rules use for every format.
 CAP_SEVERITY = {"SEVERE": "Severe", "WARNING": "Moderate", "INFO": "Minor", "UNKNOWN_SEVERITY": "Unknown"}
+# The protobuf text format opens with the header or an entity, after any comment lines (sniffing uses it too).
+GTFS_RT_TEXT = re.compile(r"\A(?:\s*#[^\n]*\n)*\s*(?:header|entity)\s*\{")
 
 
 def parse(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:

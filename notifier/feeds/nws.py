@@ -12,7 +12,7 @@ from typing import Any
 
 from notifier.feeds import Area, FeedParseError, Observation
 from notifier.feeds.cap import MSG_TYPES
-from notifier.feeds.sniff import iso, load_json, parse_time
+from notifier.feeds.reading import iso, load_json, parse_time
 
 # UGC zones over water: coastal and offshore marine zones ("PZZ530"), the Great Lakes and the St. Lawrence.
 MARINE_UGC_PREFIXES = {"AM", "AN", "GM", "LC", "LE", "LH", "LM", "LO", "LS", "PH", "PK", "PM", "PS", "PZ", "SL"}

@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import Any
 
 from notifier.feeds import FeedParseError, Observation
-from notifier.feeds.sniff import decode_text, iso, load_json, parse_time
+from notifier.feeds.reading import decode_text, iso, load_json, parse_time
 
 CSV_COLUMNS = ("locode", "status", "reason", "from", "until", "source")
 STATUSES = {"open": ("Port open", "Minor"), "restricted": ("Port restricted", "Moderate"),

@@ -1,0 +1,80 @@
+"""How every parser reads untrusted bytes: the size cap, text decoding, JSON, and times with their UTC offset.
+Pure: no I/O.
+
+Parsers and the sniffing registry (feeds.sniff) both import this module; it imports no parser, so the registry
+can import every parser without a cycle. Each helper turns every way untrusted input can be wrong into one
+FeedParseError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from notifier.feeds import MAX_FEED_BYTES, FeedParseError
+
+
+def check_size(data: bytes, what: str) -> None:
+    """Refuse a body over the feed size cap before any parsing work is spent on it."""
+    if len(data) > MAX_FEED_BYTES:
+        raise FeedParseError(f"{what} is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
+
+
+def decode_text(data: bytes, what: str) -> str:
+    """UTF-8 (with or without a byte-order mark) or a FeedParseError naming the first bad byte."""
+    check_size(data, what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FeedParseError(f"{what} is not valid UTF-8 (bad byte at offset {exc.start})") from None
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Parse untrusted JSON; every failure, including absurd nesting, becomes a FeedParseError."""
+    text = decode_text(data, what)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise FeedParseError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") \
+            from None
+    except RecursionError:
+        raise FeedParseError(f"{what} is nested too deeply to be a feed") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python will convert
+        raise FeedParseError(f"{what} is not usable JSON ({str(exc)[:80]})") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise FeedParseError(f"JSON constant {name} is not allowed in a feed")
+
+
+def _finite_float(text: str) -> float:
+    # Python reads 1e400 as Infinity, which is no more JSON than the constant and which PostgreSQL refuses.
+    number = float(text)
+    if not math.isfinite(number):
+        raise FeedParseError(f"JSON number {text[:40]} is too large to be a number in a feed")
+    return number
+
+
+def parse_time(value: Any, what: str) -> datetime | None:
+    """An ISO 8601 date-time that carries its UTC offset, returned in UTC; '' and None mean absent."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise FeedParseError(f"{what} is not a date-time string: {str(value)[:40]!r}")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise FeedParseError(f"{what} is not a date-time: {value[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise FeedParseError(f"{what} {value[:40]!r} has no UTC offset; feed times must carry one")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise FeedParseError(f"{what} {value[:40]!r} is outside the representable years") from None
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 text for `fields` (which are stored as JSON), or None."""
+    return moment.isoformat() if moment else None
