@@ -14,19 +14,20 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from notifier.feeds import Area, FeedParseError, Observation
-from notifier.feeds.reading import check_size
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, check_size
 
 CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
                   "http://www.incident.com/cap/1.0")
 MSG_TYPES = {"Alert", "Update", "Cancel", "Ack", "Error"}
 
 
-def parse(data: bytes, source: str = "") -> list[Observation]:
-    """Parse one CAP alert document into one Observation."""
+def parse(data: bytes, source: str = "", seconds: float = PARSE_SECONDS) -> list[Observation]:
+    """Parse one CAP alert document into one Observation, refusing it if that takes longer than `seconds`."""
+    deadline = Deadline(seconds)
     root = parse_xml(data, what="CAP alert")
     if local_name(root.tag) != "alert":
         raise FeedParseError(f"not a CAP alert: the document's root element is <{local_name(root.tag)}>")
-    return [alert_to_observation(root)]
+    return [alert_to_observation(root, deadline)]
 
 
 def parse_xml(data: bytes, what: str) -> Element:
@@ -93,7 +94,7 @@ def parse_references(value: str) -> list[str]:
     return refs
 
 
-def alert_to_observation(alert: Element) -> Observation:
+def alert_to_observation(alert: Element, deadline: Deadline | None = None) -> Observation:
     """Map one <alert> element (with any number of <info> blocks) to an Observation."""
     identifier, sender = text(alert, "identifier"), text(alert, "sender")
     sent_text = text(alert, "sent")
@@ -109,11 +110,11 @@ def alert_to_observation(alert: Element) -> Observation:
         msg_type=msg_type, status=text(alert, "status") or "Actual",
         references=parse_references(text(alert, "references")), sent=sent)
     if infos:
-        _apply_infos(observation, infos)
+        _apply_infos(observation, infos, deadline or Deadline())
     return observation
 
 
-def _apply_infos(observation: Observation, infos: list[Element]) -> None:
+def _apply_infos(observation: Observation, infos: list[Element], deadline: Deadline) -> None:
     # The first block in English is primary (rules are written against English event names); other languages
     # are kept as translations, and every block's areas count.
     primary = next((i for i in infos if text(i, "language").lower().startswith("en")), infos[0])
@@ -129,42 +130,45 @@ def _apply_infos(observation: Observation, infos: list[Element]) -> None:
     observation.description = text(primary, "description")
     observation.instruction = text(primary, "instruction")
     observation.fields["categories"] = [c.text.strip() for c in children(primary, "category") if c.text]
-    observation.fields["parameters"] = _parameters(primary)
-    for info in infos:
+    observation.fields["parameters"] = _parameters(primary, deadline)
+    for info in deadline.over(infos):
         language = text(info, "language") or "en-US"
         observation.texts.setdefault(language, {"headline": text(info, "headline"),
                                                 "description": text(info, "description"),
                                                 "event": text(info, "event")})
-        observation.areas.extend(read_area(area) for area in children(info, "area"))
+        observation.areas.extend(read_area(area, deadline) for area in children(info, "area"))
     observation.ports = sorted({code.split(":", 1)[1] for area in observation.areas for code in area.geocodes
                                 if code.startswith("UNLOCODE:")})
 
 
-def _parameters(info: Element) -> dict[str, str]:
+def _parameters(info: Element, deadline: Deadline) -> dict[str, str]:
     params = {}
-    for parameter in children(info, "parameter"):
+    for parameter in deadline.over(children(info, "parameter")):
         name, value = text(parameter, "valueName"), text(parameter, "value")
         if name:
             params[name] = value
     return params
 
 
-def read_area(area: Element) -> Area:
+def read_area(area: Element, deadline: Deadline | None = None) -> Area:
     """One <area>: its description, polygons, circles and geocodes (ATOM entries with inline CAP fields use it too)."""
+    deadline = deadline or Deadline()
     result = Area(description=text(area, "areaDesc"))
-    for polygon in children(area, "polygon"):
-        ring = _polygon((polygon.text or "").strip())
+    for polygon in deadline.over(children(area, "polygon")):
+        ring = _polygon((polygon.text or "").strip(), deadline)
         if ring:
             result.polygons.append(ring)
-    for circle in children(area, "circle"):
+    for circle in deadline.over(children(area, "circle")):
         if (circle.text or "").strip():
             result.circles.append(_circle(circle.text.strip()))
-    for geocode in children(area, "geocode"):
+    # A dict as an ordered set: a repeated code is listed once, where first seen, without rescanning the list
+    # for every code (which made 60,000 geocodes take over a minute).
+    geocodes: dict[str, None] = {}
+    for geocode in deadline.over(children(area, "geocode")):
         name, value = text(geocode, "valueName"), text(geocode, "value")
         if name and value:
-            code = f"{name.upper()}:{value}"
-            if code not in result.geocodes:
-                result.geocodes.append(code)
+            geocodes.setdefault(f"{name.upper()}:{value}")
+    result.geocodes = list(geocodes)
     return result
 
 
@@ -179,10 +183,10 @@ def _point(pair: str) -> tuple[float, float]:
     return lat, lon
 
 
-def _polygon(value: str) -> list[tuple[float, float]]:
+def _polygon(value: str, deadline: Deadline) -> list[tuple[float, float]]:
     if not value:
         return []
-    ring = [_point(pair) for pair in value.split()]
+    ring = [_point(pair) for pair in deadline.over(value.split())]
     if len(ring) < 4:
         raise FeedParseError(f"CAP polygon has {len(ring)} points; at least 4 (a closed ring) are required")
     return ring

@@ -1,5 +1,5 @@
-"""How every parser reads untrusted bytes: the size cap, text decoding, JSON, and times with their UTC offset.
-Pure: no I/O.
+"""How every parser reads untrusted bytes: the size cap, text decoding, JSON, times with their UTC offset, and the
+per-item parse deadline. Pure: no I/O.
 
 Parsers and the sniffing registry (feeds.sniff) both import this module; it imports no parser, so the registry
 can import every parser without a cycle. Each helper turns every way untrusted input can be wrong into one
@@ -10,10 +10,43 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from notifier.feeds import MAX_FEED_BYTES, FeedParseError
+
+# The longest one feed item (one fetched body) may take to parse: a hostile document can be large and cheap to
+# send, and the watcher must not stall on it. Parsing is linear in the input: a real feed takes milliseconds, a
+# hostile one at the size cap a few seconds.
+PARSE_SECONDS = 10.0
+# How many elements a parser handles between two looks at the clock: enough that looking costs nothing.
+CLOCK_EVERY = 1024
+
+T = TypeVar("T")
+
+
+class Deadline:
+    """The moment one item's parsing must be done by; `over` walks a parser's loop and refuses the item after it."""
+
+    def __init__(self, seconds: float = PARSE_SECONDS) -> None:
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.count = 0
+
+    def over(self, elements: Iterable[T]) -> Iterator[T]:
+        """The elements, one by one, with the clock read every CLOCK_EVERY elements across all of this item's loops."""
+        for element in elements:
+            self.count += 1
+            if self.count % CLOCK_EVERY == 0:
+                self.check()
+            yield element
+
+    def check(self) -> None:
+        """Refuse the item once its time is up."""
+        if time.monotonic() >= self.ends:
+            raise FeedParseError(f"parsing took longer than {self.seconds:g} s; the item is refused")
 
 
 def check_size(data: bytes, what: str) -> None:
