@@ -14,7 +14,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from notifier.feeds import Area, FeedParseError, Observation
-from notifier.feeds.reading import PARSE_SECONDS, Deadline, check_size
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, check_size, decode_text, text_encoding
 
 CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
                   "http://www.incident.com/cap/1.0")
@@ -33,8 +33,11 @@ def parse(data: bytes, source: str = "", seconds: float = PARSE_SECONDS) -> list
 def parse_xml(data: bytes, what: str) -> Element:
     """Parse untrusted XML safely; every failure becomes a FeedParseError with a readable reason."""
     check_size(data, what)
+    # A UTF-16 or UTF-32 document (by its byte-order mark) is handed over as text, whatever its XML declaration
+    # says: expat reads no UTF-32, and this way every format reads a byte-order mark alike (feeds.reading).
+    document = data if text_encoding(data) == "utf-8-sig" else decode_text(data, what)
     try:
-        return SafeET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+        return SafeET.fromstring(document, forbid_dtd=False, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise FeedParseError(f"{what} refused: unsafe XML ({type(exc).__name__})") from None
     except ParseError as exc:

@@ -22,7 +22,7 @@ from google.protobuf import message, text_format
 from google.transit import gtfs_realtime_pb2 as gtfs
 
 from notifier.feeds import FeedParseError, Observation
-from notifier.feeds.reading import PARSE_SECONDS, Deadline, check_size, iso
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, check_size, iso, text_encoding
 
 TRIP_RELATIONSHIP = gtfs.TripDescriptor.ScheduleRelationship
 # Plain ints: the enum wrapper's attribute lookup is slow in the per-stop loop.
@@ -90,7 +90,7 @@ def read_feed(data: bytes) -> gtfs.FeedMessage:
 def _as_text_format(data: bytes) -> str | None:
     # Binary protobuf almost never decodes as UTF-8 text that opens with "header {", so this cannot misfire.
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode(text_encoding(data))
     except UnicodeDecodeError:
         return None
     return text if GTFS_RT_TEXT.match(text) else None

@@ -8,6 +8,7 @@ FeedParseError.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import time
@@ -25,6 +26,12 @@ PARSE_SECONDS = 10.0
 CLOCK_EVERY = 1024
 
 T = TypeVar("T")
+
+# A byte-order mark names a text's encoding; XML and the JSON RFC allow UTF-16 and UTF-32 besides UTF-8. UTF-32LE's
+# mark comes first because it begins with UTF-16LE's. The "utf-16" and "utf-32" codecs read the mark and drop it.
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+CODEC_NAMES = {"utf-8-sig": "UTF-8", "utf-16": "UTF-16", "utf-32": "UTF-32"}
 
 
 class Deadline:
@@ -55,13 +62,20 @@ def check_size(data: bytes, what: str) -> None:
         raise FeedParseError(f"{what} is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
 
 
+def text_encoding(data: bytes) -> str:
+    """The codec for a text feed: the one its byte-order mark names (UTF-8, UTF-16 or UTF-32), else UTF-8."""
+    return next((codec for mark, codec in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8-sig")
+
+
 def decode_text(data: bytes, what: str) -> str:
-    """UTF-8 (with or without a byte-order mark) or a FeedParseError naming the first bad byte."""
+    """The text of a feed in UTF-8, or in UTF-16 or UTF-32 by its byte-order mark; else a FeedParseError naming the
+    first bad byte."""
     check_size(data, what)
+    codec = text_encoding(data)
     try:
-        return data.decode("utf-8-sig")
+        return data.decode(codec)
     except UnicodeDecodeError as exc:
-        raise FeedParseError(f"{what} is not valid UTF-8 (bad byte at offset {exc.start})") from None
+        raise FeedParseError(f"{what} is not valid {CODEC_NAMES[codec]} (bad byte at offset {exc.start})") from None
 
 
 def load_json(data: bytes, what: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Protocol
 from notifier.feeds import FeedParseError, Observation, check_storable
 from notifier.feeds import atom, cap, dcsa, gtfs_rt, nws, port_status
 from notifier.feeds.gtfs_rt import GTFS_RT_TEXT
-from notifier.feeds.reading import check_size
+from notifier.feeds.reading import check_size, text_encoding
 
 FORMATS = ("cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status")
 # How much of the body sniffing looks at: enough for an XML prolog with comments, or a JSON object's first keys.
@@ -48,9 +48,10 @@ def sniff(data: bytes, filename: str = "") -> str:
     if name.lower().endswith(".proto"):
         raise FeedParseError(f"{name} is a Protocol Buffers schema (.proto), not a feed")
     head = data[:SNIFF_BYTES]
-    if name.lower().endswith(".pb") or _looks_binary(head):
+    codec = text_encoding(head)  # UTF-16 and UTF-32 text is full of NUL bytes: its byte-order mark says it is text
+    if name.lower().endswith(".pb") or (codec == "utf-8-sig" and _looks_binary(head)):
         return _sniff_binary(head, name)
-    text = head.decode("utf-8-sig", errors="replace").lstrip()
+    text = head.decode(codec, errors="replace").lstrip()
     if text.startswith("<"):
         return _sniff_xml(text)
     if text.startswith(("{", "[")):
@@ -111,10 +112,12 @@ def _sniff_table(text: str, name: str) -> str:
     if table in GTFS_STATIC_TABLES or GTFS_STATIC_COLUMNS & set(columns):
         raise FeedParseError(f"{name or 'this file'} is a static GTFS table, not a realtime feed: "
                              "load the whole GTFS folder or zip with `notifier import gtfs`")
+    # Neither message quotes the file: `feeds inspect /etc/shadow` must not print the first line of a secret.
     if len(columns) > 1:
-        shown = ", ".join(columns[:4]) + (", ..." if len(columns) > 4 else "")
-        raise FeedParseError(f"{name or 'this file'} is a CSV code list or reference table ({shown}), not a feed")
-    raise FeedParseError(f"unrecognised feed format: {name or 'text'} starting {first_line[:40]!r}")
+        raise FeedParseError(f"{name or 'this file'} is a CSV code list or reference table ({len(columns)} columns, "
+                             "none of them a port status notice's), not a feed")
+    raise FeedParseError(f"unrecognised feed format: {name or 'this file'} is not a feed format notifier reads "
+                         "(its first bytes are not XML, JSON, CSV or protobuf)")
 
 
 # --- parsing ----------------------------------------------------------------------------------------------------
