@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from notifier.feeds import Observation
+from notifier.rules.times import shifted
 
 # CAP's ordered vocabularies, for `at_least` / `at_most`.
 SCALES = {"severity": ("Unknown", "Minor", "Moderate", "Severe", "Extreme"),
@@ -104,7 +105,7 @@ def time_argument(text: str, now: datetime) -> datetime | None:
         if not sign:
             return now
         delta = timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[unit]: int(amount)})
-        return now + delta if sign == "+" else now - delta
+        return shifted(now, delta if sign == "+" else -delta)
     return as_time(text)
 
 

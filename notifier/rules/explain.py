@@ -5,11 +5,11 @@ and whom a matched rule would reach.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 
 from notifier.feeds import Observation
 from notifier.rules.evaluate import Match
+from notifier.rules.times import utc_minute
 
 
 @dataclass
@@ -29,8 +29,7 @@ def describe_observation(observation: Observation) -> list[str]:
     """Two or three lines saying what an observation is."""
     title = observation.headline or observation.event or observation.external_id
     start, end = observation.onset or observation.effective or observation.sent, observation.expires
-    window = (f"{start.astimezone(UTC):%Y-%m-%d %H:%M}" if start else "?") + " .. " + (
-        f"{end.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if end else "open end")
+    window = (utc_minute(start) if start else "?") + " .. " + (f"{utc_minute(end)} UTC" if end else "open end")
     lines = [f"{observation.format} {observation.kind} {title[:90]!r} [{observation.msg_type}, "
              f"{observation.status}, {observation.severity or 'no severity'}] from {observation.source[:60]}",
              f"  id {observation.external_id[:70]}  window {window}"]

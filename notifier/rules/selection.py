@@ -13,6 +13,7 @@ from notifier.rules.conditions import short_repr
 from notifier.rules.model import Overlap, PortSelector, Where
 from notifier.rules.network import Network, SailingRef
 from notifier.rules.scene import Scene
+from notifier.rules.times import shifted, utc_minute
 
 
 def select_sailings(where: Where, scene: Scene, explain: bool = True) -> tuple[list[SailingRef], list[str]]:
@@ -163,14 +164,15 @@ def _informed_sailings(scene: Scene) -> tuple[dict[int, SailingRef], str]:
 def _departure_bounds(overlap: Overlap, scene: Scene) -> tuple[datetime | None, datetime | None]:
     # Only sailings departing in this range can meet the window: the index returns just those.
     start = min(s for s, _ in scene.windows)
-    ends = [e or s + overlap.open_end for s, e in scene.windows]
+    ends = [e or shifted(s, overlap.open_end) for s, e in scene.windows]
     reach_back = overlap.before + (scene.network.longest_crossing if overlap.compare != "departure" else timedelta(0))
-    return start - reach_back, max(ends) + overlap.after
+    return shifted(start, -reach_back), shifted(max(ends), overlap.after)
 
 
 def _overlaps(sailing: SailingRef, windows: list[tuple[datetime, datetime | None]], overlap: Overlap) -> bool:
     for start, end in windows:
-        low, high = start - overlap.before, (end or start + overlap.open_end) + overlap.after
+        low = shifted(start, -overlap.before)
+        high = shifted(end or shifted(start, overlap.open_end), overlap.after)
         if overlap.compare == "departure" and low <= sailing.departure <= high:
             return True
         if overlap.compare == "arrival" and low <= sailing.arrival <= high:
@@ -182,8 +184,7 @@ def _overlaps(sailing: SailingRef, windows: list[tuple[datetime, datetime | None
 
 def _window_text(window: tuple[datetime, datetime | None]) -> str:
     start, end = window
-    return f"{start.astimezone(UTC):%Y-%m-%d %H:%M} .. " + (f"{end.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if end
-                                                            else "open end")
+    return f"{utc_minute(start)} .. " + (f"{utc_minute(end)} UTC" if end else "open end")
 
 
 def _span(delta: timedelta) -> str:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from notifier.feeds import dcsa
+from notifier.feeds import cap, dcsa
 from notifier.feeds import Area, Observation
 from notifier.store.paths import rules_dir
 from notifier.rules.evaluate import decisive_impacts, evaluate
+from notifier.rules.explain import render_explanation
 from notifier.rules.load import load_rules
 from notifier.rules.network import Network, PortRef, SailingRef
 from notifier.rules.scene import QUOTED_MAX_CHARS
@@ -164,6 +165,34 @@ def test_open_ended_alert_lasts_open_end_hours(tmp_path):
     rules = load(tmp_path, GOOD.replace("margin_before_minutes: 60", "open_end_hours: 12"))
     net = network([HAIKOU], [crossing(1, 1, 1, 13.5), crossing(2, 1, 1, 14.5)])
     assert fired(rules, observation(ports=["CNHAK"], expires=None), net) == {"storm": {"S1"}}
+
+
+def cap_alert(onset: str, expires: str | None) -> bytes:
+    """A schema-valid CAP storm warning naming Haikou, with the given onset and (optional) expiry."""
+    expiry = f"<expires>{expires}</expires>" if expires else ""
+    return (f'<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>far-1</identifier><sender>s</sender>'
+            f'<sent>2026-09-14T00:00:00+00:00</sent><status>Actual</status><msgType>Alert</msgType><scope>Public'
+            f'</scope><info><event>Storm Warning</event><severity>Severe</severity><onset>{onset}</onset>{expiry}'
+            f'<area><areaDesc>Haikou</areaDesc><geocode><valueName>UNLOCODE</valueName><value>CNHAK</value>'
+            f'</geocode></area></info></alert>').encode()
+
+
+@pytest.mark.parametrize("onset, expires, sailings", [
+    ("9999-12-31T23:00:00+00:00", None, set()),
+    ("9999-12-31T23:00:00+00:00", "9999-12-31T23:59:59+00:00", set()),
+    ("9999-12-31T23:00:00-00:59", "9999-12-31T23:59:59-00:00", set()),
+    ("0001-01-01T00:00:00+00:00", None, set()),
+    ("0001-01-01T00:30:00+00:00", "0001-01-01T01:00:00+00:00", set()),
+    ("0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00", {"S1", "S2"}),
+], ids=["9999-open", "9999-with-expires", "9999-offset", "0001-open", "0001-with-expires", "0001-to-9999"])
+def test_alerts_at_the_ends_of_the_calendar_are_evaluated_not_overflowed(tmp_path, onset, expires, sailings):
+    rules = load(tmp_path, GOOD.replace("margin_before_minutes: 60", "margin_before_hours: 6, margin_after_hours: 6"))
+    net = network([HAIKOU], [crossing(1, 1, 1, 0), crossing(2, 1, 1, 48)])
+    [alert] = cap.parse(cap_alert(onset, expires))
+    matches = evaluate(rules, alert, net, T0)
+    assert {net.sailing_by_id[i.sailing_id].code for m in matches for i in m.impacts} == sailings
+    lines = render_explanation(alert, matches, {}, 1, 1)  # what `notifier rules test` prints
+    assert f"window {onset[:4]}-" in lines[1] and (sailings or "near miss storm" in "\n".join(lines))
 
 
 def test_gtfs_trip_picks_the_service_day(tmp_path):
