@@ -7,14 +7,14 @@ Read through defusedxml (no entities, no external references). Namespaces and pr
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from notifier.feeds import Area, FeedParseError, Observation
-from notifier.feeds.reading import PARSE_SECONDS, Deadline, check_size, decode_text, text_encoding
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, aware_time, check_size, decode_text, text_encoding
 
 CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
                   "http://www.incident.com/cap/1.0")
@@ -72,19 +72,8 @@ def text(element: Element, name: str) -> str:
 
 def parse_time(value: str, field_name: str) -> datetime | None:
     """A CAP dateTime, which must carry its UTC offset; a time without one is refused, not guessed."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise FeedParseError(f"<{field_name}> is not a date-time: {value[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise FeedParseError(f"<{field_name}> {value[:40]!r} has no UTC offset; CAP times must carry one")
-    try:
-        moment.astimezone(UTC)  # kept with its own offset (it is part of the version), but must convert later
-    except OverflowError:
-        raise FeedParseError(f"<{field_name}> {value[:40]!r} is outside the representable years") from None
-    return moment
+    # Kept with its own offset (it is part of the version), once it is known to convert to UTC later.
+    return aware_time(value, f"<{field_name}>", publisher="CAP") if value else None
 
 
 def parse_references(value: str) -> list[str]:

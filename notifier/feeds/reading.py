@@ -110,16 +110,23 @@ def parse_time(value: Any, what: str) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise FeedParseError(f"{what} is not a date-time string: {str(value)[:40]!r}")
+    return aware_time(value, what).astimezone(UTC)
+
+
+def aware_time(value: str, what: str, publisher: str = "feed") -> datetime:
+    """An ISO 8601 date-time with its own UTC offset kept; refused without one (a time is never guessed), or when
+    it cannot be put in UTC (0001-01-01T00:00+14:00 is before the first moment Python holds)."""
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise FeedParseError(f"{what} is not a date-time: {value[:40]!r}") from None
     if moment.tzinfo is None:
-        raise FeedParseError(f"{what} {value[:40]!r} has no UTC offset; feed times must carry one")
+        raise FeedParseError(f"{what} {value[:40]!r} has no UTC offset; {publisher} times must carry one")
     try:
-        return moment.astimezone(UTC)
+        moment.astimezone(UTC)
     except OverflowError:
         raise FeedParseError(f"{what} {value[:40]!r} is outside the representable years") from None
+    return moment
 
 
 def iso(moment: datetime | None) -> str | None:
