@@ -147,4 +147,8 @@ def parse_any(data: bytes, format: str | None = None, source: str = "", filename
     chosen = sniff(data, filename) if format in (None, "", "auto") else format
     if chosen not in FORMATS:
         raise FeedParseError(f"unknown feed format {chosen!r}: use one of {', '.join(FORMATS)} or auto")
-    return chosen, check_storable(PARSERS[chosen](data, source=source, notes=notes))
+    try:
+        return chosen, check_storable(PARSERS[chosen](data, source=source, notes=notes))
+    except RecursionError:
+        # JSON nested a few hundred levels deep loads, but storing it (dataclasses.asdict) recurses once per level.
+        raise FeedParseError(f"{chosen} feed is nested too deeply to be stored") from None
