@@ -77,7 +77,7 @@ def open_typhoon(factory, settings) -> tuple[float, int]:  # noqa: ANN001
     from notifier.store.models import Broadcast
     from notifier.store.paths import rules_dir
     from notifier.ops.pipeline import ingest, process_new_items
-    from notifier.rules.engine import load_rules
+    from notifier.rules.load import load_rules
 
     ingest(factory, cap.parse(typhoon_warning()))
     processed = process_new_items(factory, load_rules([rules_dir()]), now=scale_network.EPOCH, settings=settings)

@@ -46,7 +46,7 @@ from notifier.store.models import Notification, Offer
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, plan_pending, process_new_items
 from notifier.aftercare.reminders import Due, due_reminders, queue_reminders, reminder_key
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from tests.conftest import DEMO_NOW  # noqa: E402
 
 LEAD = timedelta(minutes=30)  # the run happens this long before the offers' deadline (inside the 180 min lead)

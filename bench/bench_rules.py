@@ -25,8 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from notifier.feeds import Area, Observation
 from notifier.store.paths import rules_dir
-from notifier.rules.engine import (Network, PortRef, SailingRef, Scene, _check, _delay, _impacts, _overlaps,
-                                   decisive_impacts, evaluate, haversine_km, load_rule_set, normalise_zone)
+from notifier.rules.conditions import check_condition
+from notifier.rules.evaluate import _delay, _impacts, decisive_impacts, evaluate
+from notifier.rules.load import load_rule_set
+from notifier.rules.network import Network, PortRef, SailingRef, haversine_km, normalise_zone
+from notifier.rules.scene import Scene
+from notifier.rules.selection import _overlaps
 
 START = datetime(2026, 9, 14, tzinfo=UTC)
 EVENTS = ["Typhoon Warning", "Tropical Storm Warning", "Gale Warning", "Storm Warning", "Typhoon Watch",
@@ -130,7 +134,7 @@ def naive(rules, net: Network, items: list[Observation], now: datetime) -> list[
         for rule in rules:
             if rule.kind is not None and observation.kind != rule.kind:
                 continue
-            if not all(_check(c, observation, now, False)[0] for c in rule.conditions):
+            if not all(check_condition(c, observation, now, False)[0] for c in rule.conditions):
                 continue
             delay = _delay(rule, observation)
             if rule.then.kind == "delayed" and not delay:

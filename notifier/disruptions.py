@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from notifier.store import audit
 from notifier.store.models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Sailing, utcnow
 from notifier.store.capacity import candidates_for, release_many
-from notifier.rules.engine import STRENGTH, Impact
+from notifier.rules.model import STRENGTH, Impact
 
 LIVE = ("active", "superseded")
 OFFER_KINDS = ("cancelled", "delayed", "port_omitted")

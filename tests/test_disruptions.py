@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from notifier.disruptions import DELAY_CHANGE_MINUTES, apply_impacts, clear, expire, lineage_keys, reconcile, withdraw
 from notifier.store.models import Disruption, DisruptionSource, Notification, Offer, Sailing, SailingCapacity
-from notifier.rules.engine import Impact
-from tests.rules.test_engine import Builder
+from notifier.rules.model import Impact
+from tests.rules.test_explain import Builder
 
 NOW = datetime(2026, 9, 14, 0, 0, tzinfo=UTC)
 A, B = "met,alert-a", "met,alert-b"

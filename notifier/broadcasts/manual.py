@@ -28,7 +28,7 @@ from notifier.planning.audience import AUDIENCE_KINDS
 from notifier.planning.notices import CAUSE_WORDS
 from notifier.store.capacity import release
 from notifier.planning.plan import MAX_CHUNK, plan_broadcast
-from notifier.rules.engine import Impact
+from notifier.rules.model import Impact
 from notifier.store import audit
 from notifier.store.db import transaction
 from notifier.store.models import Broadcast, Disruption, Notification, Offer, Port, Route, Sailing, Vessel, utcnow

@@ -81,7 +81,7 @@ def feeds_poll(ctx: click.Context, once: bool) -> None:
     from notifier.ops.console import poll_lines
     from notifier.ops.polling import poll_all
     from notifier.ops.watcher import Watcher, run_pipeline
-    from notifier.rules.engine import load_rules
+    from notifier.rules.load import load_rules
     from notifier.store.paths import rules_dir
 
     settings = settings_from(ctx)

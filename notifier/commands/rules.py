@@ -19,7 +19,7 @@ def rules_check(ctx: click.Context) -> None:
     from pathlib import Path
 
     from notifier.ops.console import rule_set_lines
-    from notifier.rules.engine import load_rule_set
+    from notifier.rules.load import load_rule_set
     from notifier.store.paths import rules_dir
 
     settings = settings_from(ctx)

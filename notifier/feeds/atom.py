@@ -21,8 +21,9 @@ from email.utils import parsedate_to_datetime
 from xml.etree.ElementTree import Element, SubElement
 
 from notifier.feeds import Area, FeedParseError, Observation
-from notifier.feeds.cap import (MSG_TYPES, _area, alert_to_observation, child, children, local_name, parse_time,
-                                parse_xml, text)
+from notifier.feeds.cap import (MSG_TYPES, alert_to_observation, child, children, local_name, parse_time, parse_xml,
+                                read_area, text)
+from notifier.feeds.reading import PARSE_SECONDS, Deadline
 
 ATOM_NAMESPACE = "http://www.w3.org/2005/Atom"
 
@@ -37,22 +38,25 @@ class IndexEntry:
     title: str
 
 
-def parse_index(data: bytes) -> list[IndexEntry]:
-    """List the entries of an ATOM or RSS index feed."""
+def parse_index(data: bytes, seconds: float = PARSE_SECONDS) -> list[IndexEntry]:
+    """List the entries of an ATOM or RSS index feed, refusing it if that takes longer than `seconds`."""
+    deadline = Deadline(seconds)
     root = _feed_root(data)
     if local_name(root.tag) == "feed":
-        return [_atom_entry(entry, n) for n, entry in enumerate(children(root, "entry"), 1)]
-    return [_rss_item(item, n) for n, item in enumerate(_rss_items(root), 1)]
+        return [_atom_entry(entry, n) for n, entry in enumerate(deadline.over(children(root, "entry")), 1)]
+    return [_rss_item(item, n) for n, item in enumerate(deadline.over(_rss_items(root)), 1)]
 
 
-def parse(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:
+def parse(data: bytes, source: str = "", notes: list[str] | None = None,
+          seconds: float = PARSE_SECONDS) -> list[Observation]:
     """Observations from the entries that inline CAP (a whole <alert>, or legacy NWS cap:* fields)."""
+    deadline = Deadline(seconds)
     root = _feed_root(data)
     entries = children(root, "entry") if local_name(root.tag) == "feed" else _rss_items(root)
     feed_source = source or _author(root) or "atom"
     observations, index_only = [], 0
-    for number, entry in enumerate(entries, 1):
-        observation = _inline_observation(entry, number, feed_source)
+    for number, entry in enumerate(deadline.over(entries), 1):
+        observation = _inline_observation(entry, number, feed_source, deadline)
         if observation is None:
             index_only += 1
         else:
@@ -126,12 +130,12 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 # --- inline CAP -------------------------------------------------------------------------------------------------
 
-def _inline_observation(entry: Element, number: int, feed_source: str) -> Observation | None:
+def _inline_observation(entry: Element, number: int, feed_source: str, deadline: Deadline) -> Observation | None:
     alert = next((e for e in entry.iter() if local_name(e.tag) == "alert" and e is not entry), None)
     if alert is not None:
-        return alert_to_observation(alert)
+        return alert_to_observation(alert, deadline)
     if _cap_child(entry, "event") is not None:
-        return _legacy_nws_entry(entry, number, feed_source)
+        return _legacy_nws_entry(entry, number, feed_source, deadline)
     return None
 
 
@@ -148,7 +152,7 @@ def _cap_text(entry: Element, name: str) -> str:
     return (found.text or "").strip() if found is not None else ""
 
 
-def _legacy_nws_entry(entry: Element, number: int, feed_source: str) -> Observation:
+def _legacy_nws_entry(entry: Element, number: int, feed_source: str, deadline: Deadline) -> Observation:
     entry_id = text(entry, "id") or _atom_link(entry)
     updated = parse_time(text(entry, "updated") or text(entry, "published"), "updated")
     if not entry_id or updated is None:
@@ -170,7 +174,7 @@ def _legacy_nws_entry(entry: Element, number: int, feed_source: str) -> Observat
     observation.fields["link"] = _atom_link(entry)
     observation.fields["categories"] = [_cap_text(entry, "category")] if _cap_text(entry, "category") else []
     observation.fields["parameters"] = dict(_legacy_pairs(entry, "parameter"))
-    observation.areas.append(_legacy_area(entry))
+    observation.areas.append(_legacy_area(entry, deadline))
     return observation
 
 
@@ -188,15 +192,15 @@ def _legacy_pairs(entry: Element, name: str) -> list[tuple[str, str]]:
     return [(n, v) for n, v in pairs if n]
 
 
-def _legacy_area(entry: Element) -> Area:
+def _legacy_area(entry: Element, deadline: Deadline) -> Area:
     # The legacy feed flattens <area> into the entry and lists several codes in one geocode value
     # ("022005 022121"), so rebuild a CAP <area> with one geocode per code and let the CAP parser read it.
     area = Element("area")
     for name in ("areaDesc", "polygon", "circle"):
         area.extend(e for e in entry if local_name(e.tag) == name)
     for value_name, values in _legacy_pairs(entry, "geocode"):
-        for value in values.split():
+        for value in deadline.over(values.split()):
             geocode = SubElement(area, "geocode")
             SubElement(geocode, "valueName").text = value_name
             SubElement(geocode, "value").text = value
-    return _area(area)
+    return read_area(area, deadline)

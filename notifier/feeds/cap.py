@@ -7,33 +7,37 @@ Read through defusedxml (no entities, no external references). Namespaces and pr
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from notifier.feeds import MAX_FEED_BYTES, Area, FeedParseError, Observation
+from notifier.feeds import Area, FeedParseError, Observation
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, aware_time, check_size, decode_text, text_encoding
 
 CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
                   "http://www.incident.com/cap/1.0")
 MSG_TYPES = {"Alert", "Update", "Cancel", "Ack", "Error"}
 
 
-def parse(data: bytes, source: str = "") -> list[Observation]:
-    """Parse one CAP alert document into one Observation."""
+def parse(data: bytes, source: str = "", seconds: float = PARSE_SECONDS) -> list[Observation]:
+    """Parse one CAP alert document into one Observation, refusing it if that takes longer than `seconds`."""
+    deadline = Deadline(seconds)
     root = parse_xml(data, what="CAP alert")
     if local_name(root.tag) != "alert":
         raise FeedParseError(f"not a CAP alert: the document's root element is <{local_name(root.tag)}>")
-    return [alert_to_observation(root)]
+    return [alert_to_observation(root, deadline)]
 
 
 def parse_xml(data: bytes, what: str) -> Element:
     """Parse untrusted XML safely; every failure becomes a FeedParseError with a readable reason."""
-    if len(data) > MAX_FEED_BYTES:
-        raise FeedParseError(f"{what} is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
+    check_size(data, what)
+    # A UTF-16 or UTF-32 document (by its byte-order mark) is handed over as text, whatever its XML declaration
+    # says: expat reads no UTF-32, and this way every format reads a byte-order mark alike (feeds.reading).
+    document = data if text_encoding(data) == "utf-8-sig" else decode_text(data, what)
     try:
-        return SafeET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+        return SafeET.fromstring(document, forbid_dtd=False, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise FeedParseError(f"{what} refused: unsafe XML ({type(exc).__name__})") from None
     except ParseError as exc:
@@ -68,19 +72,8 @@ def text(element: Element, name: str) -> str:
 
 def parse_time(value: str, field_name: str) -> datetime | None:
     """A CAP dateTime, which must carry its UTC offset; a time without one is refused, not guessed."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise FeedParseError(f"<{field_name}> is not a date-time: {value[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise FeedParseError(f"<{field_name}> {value[:40]!r} has no UTC offset; CAP times must carry one")
-    try:
-        moment.astimezone(UTC)  # kept with its own offset (it is part of the version), but must convert later
-    except OverflowError:
-        raise FeedParseError(f"<{field_name}> {value[:40]!r} is outside the representable years") from None
-    return moment
+    # Kept with its own offset (it is part of the version), once it is known to convert to UTC later.
+    return aware_time(value, f"<{field_name}>", publisher="CAP") if value else None
 
 
 def parse_references(value: str) -> list[str]:
@@ -93,7 +86,7 @@ def parse_references(value: str) -> list[str]:
     return refs
 
 
-def alert_to_observation(alert: Element) -> Observation:
+def alert_to_observation(alert: Element, deadline: Deadline | None = None) -> Observation:
     """Map one <alert> element (with any number of <info> blocks) to an Observation."""
     identifier, sender = text(alert, "identifier"), text(alert, "sender")
     sent_text = text(alert, "sent")
@@ -109,11 +102,11 @@ def alert_to_observation(alert: Element) -> Observation:
         msg_type=msg_type, status=text(alert, "status") or "Actual",
         references=parse_references(text(alert, "references")), sent=sent)
     if infos:
-        _apply_infos(observation, infos)
+        _apply_infos(observation, infos, deadline or Deadline())
     return observation
 
 
-def _apply_infos(observation: Observation, infos: list[Element]) -> None:
+def _apply_infos(observation: Observation, infos: list[Element], deadline: Deadline) -> None:
     # The first block in English is primary (rules are written against English event names); other languages
     # are kept as translations, and every block's areas count.
     primary = next((i for i in infos if text(i, "language").lower().startswith("en")), infos[0])
@@ -129,41 +122,45 @@ def _apply_infos(observation: Observation, infos: list[Element]) -> None:
     observation.description = text(primary, "description")
     observation.instruction = text(primary, "instruction")
     observation.fields["categories"] = [c.text.strip() for c in children(primary, "category") if c.text]
-    observation.fields["parameters"] = _parameters(primary)
-    for info in infos:
+    observation.fields["parameters"] = _parameters(primary, deadline)
+    for info in deadline.over(infos):
         language = text(info, "language") or "en-US"
         observation.texts.setdefault(language, {"headline": text(info, "headline"),
                                                 "description": text(info, "description"),
                                                 "event": text(info, "event")})
-        observation.areas.extend(_area(area) for area in children(info, "area"))
+        observation.areas.extend(read_area(area, deadline) for area in children(info, "area"))
     observation.ports = sorted({code.split(":", 1)[1] for area in observation.areas for code in area.geocodes
                                 if code.startswith("UNLOCODE:")})
 
 
-def _parameters(info: Element) -> dict[str, str]:
+def _parameters(info: Element, deadline: Deadline) -> dict[str, str]:
     params = {}
-    for parameter in children(info, "parameter"):
+    for parameter in deadline.over(children(info, "parameter")):
         name, value = text(parameter, "valueName"), text(parameter, "value")
         if name:
             params[name] = value
     return params
 
 
-def _area(area: Element) -> Area:
+def read_area(area: Element, deadline: Deadline | None = None) -> Area:
+    """One <area>: its description, polygons, circles and geocodes (ATOM entries with inline CAP fields use it too)."""
+    deadline = deadline or Deadline()
     result = Area(description=text(area, "areaDesc"))
-    for polygon in children(area, "polygon"):
-        ring = _polygon((polygon.text or "").strip())
+    for polygon in deadline.over(children(area, "polygon")):
+        ring = _polygon((polygon.text or "").strip(), deadline)
         if ring:
             result.polygons.append(ring)
-    for circle in children(area, "circle"):
+    for circle in deadline.over(children(area, "circle")):
         if (circle.text or "").strip():
             result.circles.append(_circle(circle.text.strip()))
-    for geocode in children(area, "geocode"):
+    # A dict as an ordered set: a repeated code is listed once, where first seen, without rescanning the list
+    # for every code (which made 60,000 geocodes take over a minute).
+    geocodes: dict[str, None] = {}
+    for geocode in deadline.over(children(area, "geocode")):
         name, value = text(geocode, "valueName"), text(geocode, "value")
         if name and value:
-            code = f"{name.upper()}:{value}"
-            if code not in result.geocodes:
-                result.geocodes.append(code)
+            geocodes.setdefault(f"{name.upper()}:{value}")
+    result.geocodes = list(geocodes)
     return result
 
 
@@ -178,10 +175,10 @@ def _point(pair: str) -> tuple[float, float]:
     return lat, lon
 
 
-def _polygon(value: str) -> list[tuple[float, float]]:
+def _polygon(value: str, deadline: Deadline) -> list[tuple[float, float]]:
     if not value:
         return []
-    ring = [_point(pair) for pair in value.split()]
+    ring = [_point(pair) for pair in deadline.over(value.split())]
     if len(ring) < 4:
         raise FeedParseError(f"CAP polygon has {len(ring)} points; at least 4 (a closed ring) are required")
     return ring

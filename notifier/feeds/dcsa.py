@@ -23,7 +23,7 @@ from typing import Any
 
 from notifier.feeds import FeedParseError, Observation
 from notifier.feeds.port_status import is_locode
-from notifier.feeds.sniff import iso, load_json, parse_time
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, iso, load_json, parse_time
 
 # SMDG delay reason codes, as curated by DCSA (DCSA-Information-Model smdgdelayreasoncodes.csv, CC0-1.0).
 SMDG_DELAY_REASONS = {
@@ -87,8 +87,10 @@ CLASSIFIERS = {"PLN": "planned", "EST": "estimated", "ACT": "actual", "REQ": "re
 CLASSIFIER_RANK = {"REQ": 0, "PLN": 1, "EST": 2, "ACT": 3}
 
 
-def parse(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:
+def parse(data: bytes, source: str = "", notes: list[str] | None = None,
+          seconds: float = PARSE_SECONDS) -> list[Observation]:
     """Parse an OVS 3.0 schedule or a T&T 2.2 event list into port call Observations."""
+    deadline = Deadline(seconds)
     document = load_json(data, what="DCSA feed")
     if isinstance(document, dict):
         document = document.get("services", document.get("events", [document]))
@@ -96,11 +98,11 @@ def parse(data: bytes, source: str = "", notes: list[str] | None = None) -> list
         raise FeedParseError("DCSA feed must be a JSON list of services (OVS) or of events (T&T)")
     publisher = source or "dcsa"
     observations, left_out = [], Counter()
-    for number, record in enumerate(document, 1):
+    for number, record in enumerate(deadline.over(document), 1):
         if not isinstance(record, dict):
             raise FeedParseError(f"DCSA record {number} is not a JSON object")
         if "vesselSchedules" in record:
-            observations.extend(service_observations(record, publisher))
+            observations.extend(service_observations(record, publisher, deadline))
         elif "eventType" in record:
             if record["eventType"] == "TRANSPORT":
                 observations.append(transport_event_observation(record, publisher))
@@ -154,19 +156,20 @@ def _locode(value: str, what: str) -> list[str]:
 
 # --- OVS 3.0 ----------------------------------------------------------------------------------------------------
 
-def service_observations(service: dict[str, Any], source: str) -> list[Observation]:
+def service_observations(service: dict[str, Any], source: str, deadline: Deadline | None = None) -> list[Observation]:
     """Every transport call of every vessel schedule of one OVS service."""
+    deadline = deadline or Deadline()
     code = _text(service, "carrierServiceCode", "OVS service")
     where = f"OVS service {code or _text(service, 'carrierServiceName', 'OVS service')}"
     observations = []
     for schedule in _objects(service.get("vesselSchedules"), f"{where}: vesselSchedules"):
-        for call in _objects(schedule.get("transportCalls"), f"{where}: transportCalls"):
-            observations.append(transport_call_observation(service, schedule, call, source))
+        for call in deadline.over(_objects(schedule.get("transportCalls"), f"{where}: transportCalls")):
+            observations.append(transport_call_observation(service, schedule, call, source, deadline))
     return observations
 
 
 def transport_call_observation(service: dict[str, Any], schedule: dict[str, Any], call: dict[str, Any],
-                               source: str) -> Observation:
+                               source: str, deadline: Deadline | None = None) -> Observation:
     """One OVS transport call: status, planned/estimated/actual times, delay and its reason."""
     service_code = _text(service, "carrierServiceCode", "OVS service")
     imo = _text(schedule, "vesselIMONumber", "OVS vessel schedule")
@@ -177,7 +180,8 @@ def transport_call_observation(service: dict[str, Any], schedule: dict[str, Any]
     call_id = (_text(call, "transportCallReference", "OVS transport call")
                or f"{service_code}/{imo}/{export_voyage or import_voyage}/{locode}")
     where = f"OVS transport call {call_id[:60]}"
-    timestamps = [_timestamp(t, where) for t in _objects(call.get("timestamps"), f"{where}: timestamps")]
+    listed = _objects(call.get("timestamps"), f"{where}: timestamps")
+    timestamps = [_timestamp(t, where) for t in (deadline or Deadline()).over(listed)]
     status = _text(call, "statusCode", where)
     lead = max(timestamps, key=lambda t: (CLASSIFIER_RANK.get(t["classifier"], -1), t["event_type"] == "DEPA"),
                default=None)

@@ -12,29 +12,31 @@ from typing import Any
 
 from notifier.feeds import Area, FeedParseError, Observation
 from notifier.feeds.cap import MSG_TYPES
-from notifier.feeds.sniff import iso, load_json, parse_time
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, iso, load_json, parse_time
 
 # UGC zones over water: coastal and offshore marine zones ("PZZ530"), the Great Lakes and the St. Lawrence.
 MARINE_UGC_PREFIXES = {"AM", "AN", "GM", "LC", "LE", "LH", "LM", "LO", "LS", "PH", "PK", "PM", "PS", "PZ", "SL"}
 
 
-def parse(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:
+def parse(data: bytes, source: str = "", notes: list[str] | None = None,
+          seconds: float = PARSE_SECONDS) -> list[Observation]:
     """Parse an NWS alerts FeatureCollection (or one Feature) into one Observation per alert."""
+    deadline = Deadline(seconds)
     document = load_json(data, what="NWS alerts")
     if not isinstance(document, dict):
         raise FeedParseError("NWS alerts must be a GeoJSON object, not a JSON " + type(document).__name__)
     kind = document.get("type")
     if kind == "Feature":
-        return [feature_to_observation(document, source)]
+        return [feature_to_observation(document, source, deadline)]
     if kind != "FeatureCollection":
         raise FeedParseError(f"NWS alerts must be a GeoJSON FeatureCollection or Feature, not type {kind!r}")
     features = document.get("features")
     if not isinstance(features, list):
         raise FeedParseError("NWS FeatureCollection has no \"features\" list")
-    return [feature_to_observation(feature, source) for feature in features]
+    return [feature_to_observation(feature, source, deadline) for feature in deadline.over(features)]
 
 
-def feature_to_observation(feature: Any, source: str = "") -> Observation:
+def feature_to_observation(feature: Any, source: str = "", deadline: Deadline | None = None) -> Observation:
     """Map one alert Feature to an Observation."""
     properties = _properties(feature)
     alert_id = _string(properties.get("id") or properties.get("identifier"), "id")
@@ -66,7 +68,7 @@ def feature_to_observation(feature: Any, source: str = "") -> Observation:
     # Same shape as cap.py's, so templates read a feed's texts one way whatever the format.
     observation.texts[observation.language] = {"headline": observation.headline,
                                                "description": observation.description, "event": observation.event}
-    area = _area(feature, properties, where)
+    area = _area(feature, properties, where, deadline or Deadline())
     observation.areas.append(area)
     observation.fields.update(_fields(properties, times, area))
     return observation
@@ -106,16 +108,18 @@ def _references(value: Any, where: str) -> list[str]:
     return refs
 
 
-def _area(feature: dict[str, Any], properties: dict[str, Any], where: str) -> Area:
+def _area(feature: dict[str, Any], properties: dict[str, Any], where: str, deadline: Deadline) -> Area:
     geometry = feature.get("geometry")
     if geometry is not None and not isinstance(geometry, dict):
         raise FeedParseError(f"{where}: geometry should be a GeoJSON object or null")
-    return Area(description=_string(properties.get("areaDesc"), f"{where}: areaDesc"),
-                polygons=_polygons(geometry, where) if geometry else [],
-                geocodes=_geocodes(properties.get("geocode"), where), geojson=geometry)
+    rings: list[list[tuple[float, float]]] = []
+    if geometry:
+        _add_polygons(geometry, where, deadline, rings)
+    return Area(description=_string(properties.get("areaDesc"), f"{where}: areaDesc"), polygons=rings,
+                geocodes=_geocodes(properties.get("geocode"), where, deadline), geojson=geometry)
 
 
-def _geocodes(value: Any, where: str) -> list[str]:
+def _geocodes(value: Any, where: str, deadline: Deadline) -> list[str]:
     """{"UGC": ["PZZ530"], "SAME": ["006113"]} -> ["UGC:PZZ530", "SAME:006113"] (the form cap.py uses)."""
     if value is None:
         return []
@@ -125,22 +129,29 @@ def _geocodes(value: Any, where: str) -> list[str]:
     for name, values in value.items():
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise FeedParseError(f"{where}: geocode {name} should be a list of codes")
-        codes.extend(f"{name.upper()}:{v.strip()}" for v in values if v.strip())
+        codes.extend(f"{name.upper()}:{v.strip()}" for v in deadline.over(values) if v.strip())
     return list(dict.fromkeys(codes))
 
 
-def _polygons(geometry: dict[str, Any], where: str) -> list[list[tuple[float, float]]]:
-    """Outer rings of a Polygon / MultiPolygon as (lat, lon), the order Area uses (GeoJSON is lon, lat)."""
+def _add_polygons(geometry: dict[str, Any], where: str, deadline: Deadline,
+                  rings: list[list[tuple[float, float]]]) -> None:
+    """Outer rings of a Polygon / MultiPolygon as (lat, lon), the order Area uses (GeoJSON is lon, lat), added to
+    `rings`: one list for the whole geometry, so nested GeometryCollections do not copy the rings at every level."""
     kind, coordinates = geometry.get("type"), geometry.get("coordinates")
     if kind == "Polygon":
         polygons = [coordinates]
     elif kind == "MultiPolygon":
         polygons = coordinates
     elif kind == "GeometryCollection":
-        return [ring for part in _list(geometry.get("geometries"), where) for ring in _polygons(part, where)]
+        for part in deadline.over(_list(geometry.get("geometries"), where)):
+            if not isinstance(part, dict):
+                raise FeedParseError(f"{where}: a GeometryCollection holds something that is not a GeoJSON geometry")
+            _add_polygons(part, where, deadline, rings)
+        return
     else:
         raise FeedParseError(f"{where}: geometry type {kind!r} is not Polygon or MultiPolygon")
-    return [_ring(_list(polygon, where)[0] if polygon else [], where) for polygon in _list(polygons, where)]
+    rings.extend(_ring(_list(polygon, where)[0] if polygon else [], where, deadline)
+                 for polygon in deadline.over(_list(polygons, where)))
 
 
 def _list(value: Any, where: str) -> list[Any]:
@@ -149,9 +160,9 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
-def _ring(points: Any, where: str) -> list[tuple[float, float]]:
+def _ring(points: Any, where: str, deadline: Deadline) -> list[tuple[float, float]]:
     ring = []
-    for point in _list(points, where):
+    for point in deadline.over(_list(points, where)):
         if not (isinstance(point, list) and len(point) >= 2
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point[:2])):
             raise FeedParseError(f"{where}: geometry point {str(point)[:40]} is not [lon, lat]")

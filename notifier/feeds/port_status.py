@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import Any
 
 from notifier.feeds import FeedParseError, Observation
-from notifier.feeds.sniff import decode_text, iso, load_json, parse_time
+from notifier.feeds.reading import PARSE_SECONDS, Deadline, decode_text, iso, load_json, parse_time
 
 CSV_COLUMNS = ("locode", "status", "reason", "from", "until", "source")
 STATUSES = {"open": ("Port open", "Minor"), "restricted": ("Port restricted", "Moderate"),
@@ -52,14 +52,16 @@ def is_locode(value: str) -> bool:
     return bool(LOCODE.fullmatch(value))
 
 
-def parse(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:
+def parse(data: bytes, source: str = "", notes: list[str] | None = None,
+          seconds: float = PARSE_SECONDS) -> list[Observation]:
     """Parse port status notices (JSON or CSV) into one Observation per notice."""
+    deadline = Deadline(seconds)
     text = decode_text(data, "port status notices").lstrip()
     if text.startswith(("[", "{")):
         labelled = [(f"port status notice {n}", notice) for n, notice in enumerate(_json_notices(data), 1)]
     else:
-        labelled = [(f"port status CSV line {line}", row) for line, row in _csv_notices(text)]
-    return [notice_to_observation(notice, where, source) for where, notice in labelled]
+        labelled = [(f"port status CSV line {line}", row) for line, row in _csv_notices(text, deadline)]
+    return [notice_to_observation(notice, where, source) for where, notice in deadline.over(labelled)]
 
 
 def _json_notices(data: bytes) -> list[Any]:
@@ -71,7 +73,7 @@ def _json_notices(data: bytes) -> list[Any]:
     return document
 
 
-def _csv_notices(text: str) -> list[tuple[int, dict[str, str]]]:
+def _csv_notices(text: str, deadline: Deadline) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) pairs; the line number is what a spreadsheet or editor shows (the header is line 1)."""
     try:
         reader = csv.DictReader(io.StringIO(text))
@@ -81,7 +83,7 @@ def _csv_notices(text: str) -> list[tuple[int, dict[str, str]]]:
             raise FeedParseError(f"port status CSV lacks the column(s) {', '.join(missing)}; the header must be "
                                  f"{','.join(CSV_COLUMNS)}")
         reader.fieldnames = header
-        rows = [(reader.line_num, row) for row in reader]
+        rows = [(reader.line_num, row) for row in deadline.over(reader)]
     except csv.Error as exc:
         raise FeedParseError(f"port status CSV is malformed ({exc})") from None
     for line, row in rows:

@@ -28,7 +28,7 @@ from notifier.store.settings import Settings
 from notifier.store.models import utcnow
 from notifier.aftercare.reminders import preview_reminders
 from notifier.ops.polling import PollResult
-from notifier.rules.engine import RuleSet
+from notifier.rules.model import RuleSet
 
 SETTLED = ("done", "cancelled", "paused", "awaiting_approval", "approved")
 

@@ -308,7 +308,7 @@ def run(settings: Settings, bookings: int, feed_path: str | None, now: datetime 
     from notifier.store.migrate import upgrade
     from notifier.store.paths import rules_dir
     from notifier.ops.pipeline import ingest, plan_pending, process_new_items
-    from notifier.rules.engine import load_rules
+    from notifier.rules.load import load_rules
 
     now = now or datetime.now(UTC)
     if not settings.secret_key:

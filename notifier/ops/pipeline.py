@@ -40,8 +40,10 @@ from notifier.rules.entitlements import Situation, entitlements_for
 from notifier.feeds import Observation
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, DisruptionSource, FeedItem, Notification,
                                    Port, Route, Sailing, Vessel, utcnow)
-from notifier.rules.engine import (Match, Network, PortRef, Reach, Rule, RuleSet, SailingRef, decisive_impacts,
-                                   describe_observation, evaluate, normalise_zone, render_explanation)
+from notifier.rules.evaluate import Match, decisive_impacts, evaluate
+from notifier.rules.explain import Reach, describe_observation, render_explanation
+from notifier.rules.model import Rule, RuleSet
+from notifier.rules.network import Network, PortRef, SailingRef, normalise_zone
 
 # Sailings that departed more than this long ago cannot be disrupted any more.
 PAST_HORIZON = timedelta(hours=6)
@@ -435,7 +437,7 @@ def try_feed_file(settings: Settings, path: str, at: str | None = None, feed_for
     from notifier.feeds import MAX_FEED_BYTES, FeedParseError
     from notifier.feeds.sniff import parse_any
     from notifier.store.paths import rules_dir
-    from notifier.rules.engine import load_rule_set
+    from notifier.rules.load import load_rule_set
 
     now = _moment(at)
     rules = load_rule_set([rules_dir(), *map(Path, settings.rules_dirs)])

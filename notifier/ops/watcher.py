@@ -344,7 +344,7 @@ class Watcher:
         from notifier.delivery.providers import channels_for
         from notifier.delivery.dispatch import Dispatcher
         from notifier.store.paths import rules_dir
-        from notifier.rules.engine import load_rules
+        from notifier.rules.load import load_rules
 
         log.info("watcher %s: leading", self.owner)
         self.rules = load_rules([rules_dir(), *map(Path, self.settings.rules_dirs)])

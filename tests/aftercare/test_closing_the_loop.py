@@ -45,7 +45,7 @@ from notifier.aftercare.followups import close, refresh, take, worklist
 from notifier.aftercare.reminders import queue_reminders
 from notifier.ops.reports import build_report
 from notifier.aftercare.responses import apply_no_answer_defaults, handle_sms_reply
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from notifier.aftercare.satisfaction import answer_sms_score, loop_figures, queue_requests, satisfaction_pages
 from notifier.web.twilio import webhooks
 from tests.conftest import DEMO_NOW

@@ -29,7 +29,7 @@ from notifier.delivery.optouts import record_opt_out
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, plan_pending, process_new_items
 from notifier.aftercare.reminders import due_reminders, planned_reminders, queue_reminders
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from notifier.aftercare.responses import handle_sms_reply
 from notifier.ops.watcher import Watcher
 from tests.conftest import DEMO_NOW

@@ -31,7 +31,7 @@ from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, plan_pending, process_new_items
 from notifier.aftercare.responses import (ChoiceRefused, apply_no_answer_defaults, handle_sms_reply, record_choice,
                                           reply_keyword)
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from tests.conftest import DEMO_NOW
 
 NOW = DEMO_NOW + timedelta(hours=1)

@@ -28,7 +28,7 @@ from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import expire_disruptions, ingest, plan_pending, process_new_items
 from notifier.outbox import NOTICE_COLUMNS
 from notifier.aftercare.responses import apply_no_answer_defaults, handle_sms_reply
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from notifier.aftercare.satisfaction import loop_figures, make_token, queue_requests, read_score, resolved_disruptions
 from tests.conftest import DEMO_NOW
 from tests.aftercare.test_closing_the_loop import (dispatch, role_phone, sms_from, typhoon, typhoon_template,  # noqa: F401

@@ -355,7 +355,7 @@ def test_a_broadcast_created_while_automatic_notices_are_in_flight_sends_nothing
     from notifier.feeds import cap
     from notifier.store.paths import rules_dir
     from notifier.ops.pipeline import ingest, plan_pending, process_new_items
-    from notifier.rules.engine import load_rules
+    from notifier.rules.load import load_rules
 
     ingest(factory, cap.parse(bundled_feed(demo_db.epoch)))
     process_new_items(factory, load_rules([rules_dir()]), now=DEMO_NOW)

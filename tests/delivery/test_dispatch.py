@@ -200,7 +200,7 @@ def test_a_planned_notice_falls_back_to_its_own_email_template(factory, demo_db,
     from notifier.store.models import Booking, Customer
     from notifier.store.paths import rules_dir
     from notifier.ops.pipeline import ingest, plan_pending, process_new_items
-    from notifier.rules.engine import load_rules
+    from notifier.rules.load import load_rules
 
     ingest(factory, cap.parse(bundled_feed(demo_db.epoch)))
     process_new_items(factory, load_rules([rules_dir()]), now=demo_db.epoch)

@@ -246,3 +246,13 @@ def test_real_documents_with_wrong_values_only_ever_raise_feed_parse_error(name,
             else:
                 body = _mutate_json(json.loads(original), rng)
             _parses_or_refuses(name, body)
+
+
+def test_a_geometry_nested_hundreds_deep_is_refused_not_a_crash():
+    geometry = {"type": "MultiPolygon", "coordinates": [[[[114.0, 22.0], [114.1, 22.0], [114.1, 22.1], [114.0, 22.0]]]]}
+    for _ in range(300):
+        geometry = {"type": "GeometryCollection", "geometries": [geometry]}
+    data = json.dumps({"type": "Feature", "geometry": geometry,
+                       "properties": {"id": "deep-1", "sent": "2025-09-01T00:00:00Z"}}).encode()
+    with pytest.raises(FeedParseError, match="nws feed is nested too deeply to be stored"):
+        parse_any(data)

@@ -124,6 +124,7 @@ def _shape(geometry: dict) -> bytes:
     (_shape({"type": "Polygon", "coordinates": [[[200, 1], [1, 1], [1, 2], [200, 1]]]}), "outside the globe"),
     (_shape({"type": "Polygon", "coordinates": [[[1, 1], [1, 2], [1, 1]]]}), "a closed ring needs at least 4"),
     (_shape({"type": "MultiPolygon", "coordinates": [[["x"]]]}), "is not [lon, lat]"),
+    (_shape({"type": "GeometryCollection", "geometries": [7]}), "holds something that is not a GeoJSON geometry"),
     (b'{"type": "FeatureCollection", "features": {}}', 'no "features" list'),
     (b'{"type": "FeatureCollection", "features": ["x"]}', "not a GeoJSON Feature"),
     (b'{"type": "Topology"}', "not type 'Topology'"),

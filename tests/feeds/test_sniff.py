@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 
 import pytest
+from click.testing import CliRunner
 
-from notifier.feeds import FeedParseError
+from cli import main
+from notifier.feeds import FeedParseError, cap
 from notifier.feeds.sniff import parse_any, sniff
 
 REAL_FILES = {
@@ -125,3 +128,48 @@ def test_every_shared_file_parses_or_is_refused_clearly(shared_feeds):
     assert outcomes["cap/capparselib/NOAA_MultiplePolygons.txt"] == "cap"  # CAP despite the .txt name
     assert outcomes["gtfs-rt/transitland-lib/bart-alerts.pb"] == "gtfs_rt"
     assert sum(1 for o in outcomes.values() if o != "refused") >= 18
+
+
+# --- issue 16: text in UTF-16 or UTF-32, and files that are no feed -----------------------------------------------
+
+def _encoded(data: bytes, codec: str) -> bytes:
+    """The same document in another encoding, with a byte-order mark (and its XML declaration saying so)."""
+    text = data.decode("utf-8-sig").replace('encoding="UTF-8"', f'encoding="{codec.upper()[:6]}"')
+    mark = {"utf-16-be": codecs.BOM_UTF16_BE, "utf-32-be": codecs.BOM_UTF32_BE}.get(codec, b"")
+    return mark + text.encode(codec)
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+@pytest.mark.parametrize("relative", ["cap/oasis-spec/example1.xml", "nws-geojson/pynws/alerts_active_zone.json",
+                                      "handmade/port-status-notices.csv",
+                                      "handmade/harbour-ferry-trip-updates.asciipb"])
+def test_a_utf16_or_utf32_feed_reads_as_its_utf8_original(feed_file, relative, codec):
+    original = feed_file(relative)
+    expected = parse_any(original)
+    assert parse_any(_encoded(original, codec)) == expected
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-32"])
+def test_a_utf16_cap_is_read_alike_by_feeds_inspect_and_demo(feed_file, tmp_path, codec):
+    original = feed_file("cap/oasis-spec/example1.xml")
+    (tmp_path / "alert.xml").write_bytes(_encoded(original, codec))
+    (tmp_path / "original.xml").write_bytes(original)
+    shown = CliRunner().invoke(main, ["feeds", "inspect", str(tmp_path / "alert.xml")], env={"NOTIFIER_CONFIG": ""})
+    assert shown.exit_code == 0, shown.output
+    assert shown.output == CliRunner().invoke(main, ["feeds", "inspect", str(tmp_path / "original.xml")],
+                                              env={"NOTIFIER_CONFIG": ""}).output
+    assert cap.parse(_encoded(original, codec)) == cap.parse(original)  # what `demo --feed` reads with
+
+
+@pytest.mark.parametrize("body, shown", [
+    (b"root:$6$s3cr3t.hash.of.the.root.password:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\n",
+     "not a feed format notifier reads (its first bytes are not XML, JSON, CSV or protobuf)"),
+    (b"user,password,api_key\nadmin,hunter2,s3cr3t\n", "CSV code list or reference table (3 columns"),
+])
+def test_feeds_inspect_of_a_file_that_is_no_feed_does_not_echo_it(tmp_path, body, shown):
+    path = tmp_path / "shadow"
+    path.write_bytes(body)
+    result = CliRunner().invoke(main, ["feeds", "inspect", str(path)], env={"NOTIFIER_CONFIG": ""})
+    assert result.exit_code == 2
+    assert shown in result.output and "Traceback" not in result.output
+    assert not {"s3cr3t", "hunter2", "api_key", "daemon"} & set(re.findall(r"\w+", result.output))

@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 
 from notifier.messages import available_templates
 from notifier.store.paths import rules_dir
-from notifier.rules.engine import OPERATORS, RuleError, load_rule_set
+from notifier.rules.conditions import OPERATORS
+from notifier.rules.load import load_rule_set
+from notifier.rules.model import RuleError
 from tests.fuzz.budget import fuzz
 from tests.fuzz.hostile import hostile_text
 

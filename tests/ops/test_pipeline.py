@@ -18,7 +18,7 @@ from notifier.feeds import cap
 from notifier.store.models import Booking, Disruption, Notification, Offer, SailingCapacity
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, plan_pending, process_new_items
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from tests.conftest import DEMO_NOW
 
 

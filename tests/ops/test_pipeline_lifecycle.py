@@ -20,9 +20,9 @@ from notifier.feeds import Observation
 from notifier.store.models import Booking, Customer, Disruption, Notification, Offer, Sailing
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import expire_disruptions, ingest, plan_pending, process_new_items
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from tests.conftest import DEMO_NOW
-from tests.rules.test_engine import Builder
+from tests.rules.test_explain import Builder
 
 RULES = load_rules([rules_dir()])
 SENDER = "hainan-met@test.notifier"

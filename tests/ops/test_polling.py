@@ -165,7 +165,7 @@ def test_an_index_that_changes_between_polls(factory, demo_db, settings, server)
 def test_new_items_reach_the_rules_in_order(factory, demo_db, settings, server):
     from notifier.store.paths import rules_dir
     from notifier.ops.pipeline import process_new_items
-    from notifier.rules.engine import load_rules
+    from notifier.rules.load import load_rules
     from tests.conftest import DEMO_NOW
 
     rules = load_rules([rules_dir()])

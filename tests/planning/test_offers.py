@@ -24,7 +24,7 @@ from notifier.planning.offers import expire_holds, make_offers, planning_order, 
 from notifier.store.capacity import candidates_for, convert_hold, release
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, process_new_items
-from notifier.rules.engine import load_rule_set, load_rules
+from notifier.rules.load import load_rule_set, load_rules
 from tests.conftest import DEMO_NOW
 
 T0 = datetime(2026, 9, 14, 2, 0, tzinfo=UTC)

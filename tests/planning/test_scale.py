@@ -36,7 +36,8 @@ from notifier.store.models import (Booking, Broadcast, Customer, Disruption, Not
 from notifier.store.capacity import candidates_for
 from notifier.store.paths import rules_dir, templates_dir
 from notifier.ops.pipeline import ingest, process_new_items
-from notifier.rules.engine import Impact, load_rules
+from notifier.rules.load import load_rules
+from notifier.rules.model import Impact
 from notifier.planning.shapes import ShapeBook, printable_slots, text_units
 from tests.conftest import DEMO_NOW
 

@@ -18,7 +18,7 @@ from notifier.feeds import cap
 from notifier.store.models import Broadcast, Notification, Offer
 from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import ingest, plan_pending, process_new_items
-from notifier.rules.engine import load_rules
+from notifier.rules.load import load_rules
 from tests.ops.test_pipeline import run_pipeline
 
 

@@ -12,7 +12,7 @@ from notifier.rules.entitlements import (EU_PRIORITY_BAND, PolicyError, Situatio
                                          eu_compensation, eu_compensation_percent, eu_reroute_or_refund_owed,
                                          information_deadline, notice_priority, parse_policy, policy_tags)
 from notifier.store.paths import rules_dir
-from notifier.rules.engine import load_rule_set
+from notifier.rules.load import load_rule_set
 
 H = timedelta(hours=1)
 S = timedelta(seconds=1)
