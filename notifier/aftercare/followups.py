@@ -2,7 +2,7 @@
 
 Reasons (`REASONS`):
 - unreachable: nothing about a disruption reached the customer: every notice on every channel failed, or the
-  customer has no usable contact at all (notifier.audience's checks: no number, a landline, opted out ...);
+  customer has no usable contact at all (notifier.planning.audience's checks: no number, a landline, opted out ...);
 - free-text: a reply that matched no keyword, kept word for word;
 - help: the customer sent HELP;
 - not-carried-out: the choice cannot stand, e.g. the sailing the booking was moved onto is itself cancelled;

@@ -6,6 +6,9 @@ inserted first under its unique key, so a web click, an SMS reply and the no-ans
 cannot all decide: the second insert finds the key taken and the choice is refused politely. Everything a
 decision changes (offer states, hold and booking counters, the booking, the audit log, the confirmation) is
 written in one savepoint, so a refused choice leaves the database exactly as it was.
+
+One piece, a little over 500 lines: the web choice, the SMS reply, the default and the agent's choice all pass
+through the same decision and its one savepoint; split, that guarantee would be spread over modules.
 """
 
 from __future__ import annotations

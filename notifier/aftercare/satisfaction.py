@@ -11,11 +11,14 @@ One request per customer and disrupted sailing (two bookings, or a delay that be
 once), on a channel that reached them before (SMS first when they prefer it: the score is a one-digit reply),
 never to an address that opted out. An SMS reply "1" to "5" (also full-width digits and 一 to 五) counts when
 the request is the newest SMS we sent to that number and it is at most `satisfaction_reply_days` old; any other
-reply is left to notifier.responses (which keeps it for the follow-up worklist). The first score counts.
+reply is left to notifier.aftercare.responses (which keeps it for the follow-up worklist). The first score counts.
 
 A typhoon resolves a hundred thousand bookings at once: they are asked in chunks, each read in a few IN-list
 queries (bookings, customers, their notifications, requests already made, opt-outs of their addresses), decided in
 memory, and written by one insert of requests and one of notices (for the new requests only), in one transaction.
+
+One piece, past 500 lines: deciding who is settled, asking, reading the score by SMS, email or page, and the
+figures all read the same request rows under the same rules; split, each part would re-state them.
 """
 
 from __future__ import annotations
@@ -462,7 +465,7 @@ def open_request(session: Session, notification_id: int | None, settings: Settin
 def answer_sms_score(session: Session, settings: Settings, phone: str, body: str, now: datetime | None = None
                      ) -> str | None:
     """Record an SMS score when the newest SMS we sent to this number asked for one; returns the thank-you
-    text, or None when the reply is not a score for a request (then it is an answer for notifier.responses)."""
+    text, or None when the reply is not a score for a request (then it is an answer for aftercare.responses)."""
     score = read_score(body)
     number = normalise_phone(phone)
     if score is None or number is None:

@@ -14,7 +14,7 @@ from notifier.errors import NotifierError, escape_unprintable
 
 # Every input is capped before parsing; the fetcher enforces the same cap on the wire.
 MAX_FEED_BYTES = 5_000_000
-# The widths of the feed_items columns (notifier.models.FeedItem) an observation's identity is stored in.
+# The widths of the feed_items columns (notifier.store.models.FeedItem) an observation's identity is stored in.
 MAX_STORED_CHARS = {"source": 120, "external_id": 400, "version": 120}
 
 

@@ -177,7 +177,7 @@ def _offer_lines(preview: Preview) -> list[str]:
 
 
 def reminder_lines(plan: dict[str, Any]) -> list[str]:
-    """What reminders a broadcast leads to (notifier.reminders.planned_reminders)."""
+    """What reminders a broadcast leads to (notifier.aftercare.reminders.planned_reminders)."""
     if plan["lead_minutes"] <= 0:
         return ["Reminders: off (reminder_lead_minutes = 0)"]
     if not plan["bookings"]:

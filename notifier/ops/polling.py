@@ -33,7 +33,7 @@ from notifier.feeds.sniff import parse_any
 from notifier.store.models import FeedError, FeedItem, FeedSourceState, utcnow
 from notifier.ops.pipeline import ingest
 
-log = logging.getLogger("notifier.polling")
+log = logging.getLogger(__name__)
 ERROR_TEXT_MAX = 500
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

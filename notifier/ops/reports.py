@@ -66,7 +66,7 @@ class DisruptionFigures:
     eu_duty: str = "n/a"  # met | missed | pending | n/a
     eu_late: int = 0
     minutes_to_tell: list[float] = field(default_factory=list)  # per told booking, for the timeline
-    # Closing the loop (notifier.satisfaction.LoopFigures): settled, settled without a person, follow-ups, time to
+    # Closing the loop (aftercare.satisfaction.LoopFigures): settled, settled without a person, follow-ups, time to
     # settle, satisfaction requests and scores.
     closing: dict[str, Any] = field(default_factory=dict)
 

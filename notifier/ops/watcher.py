@@ -5,9 +5,9 @@ The leader runs APScheduler 3 jobs whose definitions live in a SQLAlchemy job st
 something new came in), run the pipeline (rules -> disruptions -> planning) on a slower beat as a safety net,
 dispatch the outbox every tick, and do the housekeeping: expire held places, apply the no-answer defaults,
 expire finished disruptions, warn ops about silent feeds, and queue ops a summary of every automatic broadcast.
-Closing the loop, on the housekeeping beat: remind customers who have not chosen (notifier.reminders), keep the
-desk's follow-up worklist current (notifier.followups), ask resolved disruptions' customers for a score
-(notifier.satisfaction), and read email replies over IMAP when `imap_host` is set (notifier.inbound_email).
+Closing the loop, on the housekeeping beat: remind customers who have not chosen (aftercare.reminders), keep the
+desk's follow-up worklist current (aftercare.followups), ask resolved disruptions' customers for a score
+(aftercare.satisfaction), and read email replies over IMAP when `imap_host` is set (aftercare.inbound_email).
 
 Leadership: on PostgreSQL a session advisory lock (`pg_try_advisory_lock`) held on a dedicated connection: it
 goes the moment the leader's connection does. Elsewhere a `locks` row with a lease the leader renews every
@@ -16,6 +16,9 @@ tick; a standby takes over once the lease has lapsed (at most `watcher_lease_sec
 Shutdown on SIGTERM / SIGINT: the dispatcher claims nothing more and records what it has in flight, running
 jobs finish, the lock is released (a standby takes over at its next tick), and the heartbeat says "stopped".
 Nothing is lost: every stage commits its work with the mark that its input is handled (DESIGN.md §2).
+
+One piece, at about 500 lines: leadership, the job schedule and shutdown share the watcher's state and its
+lock; the work itself lives in the stages it calls.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from notifier.store.db import insert_ignore, is_postgres, make_engine, require_s
 from notifier.store.models import (Broadcast, Disruption, FeedItem, Lock, Notification, Sailing, WatcherHeartbeat,
                                    utcnow)
 
-log = logging.getLogger("notifier.watcher")
+log = logging.getLogger(__name__)
 
 LOCK_NAME = "watcher"
 # pg_try_advisory_lock takes a bigint; this one spells "notifier watcher" for whoever reads pg_locks.

@@ -6,6 +6,9 @@ grant *means* — when it is triggered, what it is worth, how it is told to a cu
 clock (EU Art 16(1): tell passengers no later than 30 minutes after the scheduled departure).
 
 Money is Decimal throughout, rounded half-up to the cent only at the end.
+
+One piece, past 500 lines: each grant's trigger, value and wording belong together, so a change to what the law
+owes is made in one place and read in one place.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Every datetime is timezone-aware UTC in Python; `UTCDateTime` makes SQLite (which has no time zones) behave like
 PostgreSQL's timestamptz. Money is Decimal. Each pipeline table carries the unique key from DESIGN.md §2.
+
+One piece, past 500 lines: it is the schema, the single picture the migrations are made from; the status words
+its columns hold are in store/status.py.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ class Customer(Base):
     # Channels the customer accepts, in order of preference, e.g. ["sms", "email"].
     channels: Mapped[list[Any]] = mapped_column(default=lambda: ["sms", "email"])
     key_account: Mapped[bool] = mapped_column(default=False)
-    # The outcome of checking `phone` and `email` (notifier.contacts), stored with the values it was made for, so
+    # The outcome of checking `phone` and `email` (planning.contacts), stored with the values it was made for, so
     # that planning 100,000 notices does not validate 100,000 numbers again; a changed phone or email makes it stale.
     contact_check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
@@ -449,7 +452,7 @@ class CustomerResponse(Base):
 
 
 class FollowUp(Base):
-    """One booking that needs a person at the customer-service desk, for one reason (notifier.followups).
+    """One booking that needs a person at the customer-service desk, for one reason (notifier.aftercare.followups).
 
     `source_key` names what raised it (reason, booking, disruption or reply) so a scan never raises it twice;
     `open_key` is "<booking>:<reason>" while open or taken and NULL once done, which gives "one open item per

@@ -142,7 +142,7 @@ class Settings:
     watcher_tick_seconds: float = 2.0
     watcher_pipeline_seconds: int = 30
     watcher_housekeeping_seconds: int = 60
-    # closing the loop (notifier.reminders, .followups, .satisfaction, .inbound_email)
+    # closing the loop (notifier.aftercare.reminders, .followups, .satisfaction, .inbound_email)
     # One reminder this long before the offer deadline to a customer who has not chosen (0: no reminders).
     reminder_lead_minutes: int = 180
     # Cargo bookings above this many TEU get a personal call from the desk, like customers flagged key_account.

@@ -49,7 +49,7 @@ choice_pages = Blueprint("choice", __name__)
 
 def create_app(settings: Settings, factory: sessionmaker[Session] | None = None,
                clock: Callable[[], datetime] | None = None) -> Flask:
-    """The Flask app: choice pages, and the Twilio webhooks when `notifier.webhooks` is installed."""
+    """The Flask app: choice pages, and the Twilio webhooks when `notifier.web.twilio` is installed."""
     if not settings.secret_key:
         raise ConfigError("the choice page needs the key the links were signed with: set NOTIFIER_SECRET_KEY")
     if factory is None:

@@ -2,7 +2,7 @@
 
 Register it on any Flask app, with the settings and the session factory under exactly these keys:
 
-    app.config["NOTIFIER_SETTINGS"] = settings        # notifier.config.Settings
+    app.config["NOTIFIER_SETTINGS"] = settings        # notifier.store.settings.Settings
     app.config["NOTIFIER_FACTORY"] = session_factory  # sqlalchemy sessionmaker
     app.register_blueprint(webhooks)
 
@@ -15,8 +15,8 @@ Routes:
   Message SID still lands.
 - POST /twilio/inbound: STOP / STOPALL / UNSUBSCRIBE / CANCEL / END / QUIT / 退订 / TD record an opt-out,
   START / UNSTOP lift it, HELP / INFO get the help text (and go on the follow-up worklist); a 1-5 score
-  answering a satisfaction request is recorded by `notifier.satisfaction`; any other text goes to
-  `notifier.responses.handle_sms_reply`. The answer is TwiML. Each MessageSid changes things once
+  answering a satisfaction request is recorded by `notifier.aftercare.satisfaction`; any other text goes to
+  `notifier.aftercare.responses.handle_sms_reply`. The answer is TwiML. Each MessageSid changes things once
   (notifier.web.inbound): a copy is answered as the first was, and one first seen longer ago than
   Settings.inbound_replay_window_seconds is refused (403), as is a request without a MessageSid.
 - GET /unsubscribe/<token> shows a confirm button; POST (the RFC 8058 one-click from the List-Unsubscribe-Post
