@@ -47,25 +47,32 @@ def feeds_list(ctx: click.Context) -> None:
     """The configured feeds with their health (ok, failing, stale, never polled) and the watcher's heartbeat."""
     from notifier.ops.console import feeds_lines, quarantine_lines
     from notifier.ops.polling import source_health
-    from notifier.ops.quarantine import quarantined_items
+    from notifier.ops.quarantine import quarantined_broadcasts, quarantined_items
     from notifier.ops.watcher import watcher_states
 
     settings = settings_from(ctx)
     factory = open_database(settings)
     echo_lines(feeds_lines(source_health(factory, settings), watcher_states(factory, settings)))
     with factory() as session:
-        echo_lines(quarantine_lines(quarantined_items(session)))
+        echo_lines(quarantine_lines(quarantined_items(session), quarantined_broadcasts(session)))
 
 
 @feeds.command("retry")
 @click.argument("item_id", type=ROW_ID)
+@click.option("--broadcast", "is_broadcast", is_flag=True, help="ID is a broadcast whose planning failed.")
 @operator_option
 @click.pass_context
-def feeds_retry(ctx: click.Context, item_id: int, operator: str | None) -> None:
-    """Put a quarantined feed item back in the queue once its cause is fixed (the next pipeline run takes it)."""
-    from notifier.ops.quarantine import retry_item
+def feeds_retry(ctx: click.Context, item_id: int, is_broadcast: bool, operator: str | None) -> None:
+    """Put a quarantined feed item (or, with --broadcast, a broadcast) back in the queue once its cause is fixed:
+    the watcher's next pipeline run takes it."""
+    from notifier.ops.quarantine import retry_broadcast, retry_item
 
-    item = retry_item(open_database(settings_from(ctx)), item_id, operator or "cli")
+    factory = open_database(settings_from(ctx))
+    if is_broadcast:
+        broadcast = retry_broadcast(factory, item_id, operator or "cli")
+        click.echo(f"broadcast #{broadcast.id} is back to planning: the watcher's next pipeline run plans the rest")
+        return
+    item = retry_item(factory, item_id, operator or "cli")
     click.echo(f"feed item #{item.id} ({item.source}) is queued again: the watcher's next pipeline run, or "
                f"`notifier feeds poll --once`, processes it")
 

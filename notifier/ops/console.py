@@ -478,13 +478,19 @@ def feeds_lines(healths: list[Any], watchers: list[Any], now: datetime | None = 
     return lines + watcher_lines(watchers, now)
 
 
-def quarantine_lines(items: list[Any]) -> list[str]:
-    """The quarantined feed items (a stage failed on them; the items after them went on), newest first."""
+def quarantine_lines(items: list[Any], broadcasts: list[Any] = ()) -> list[str]:
+    """The quarantined feed items and broadcasts (a stage failed on them; the ones after them went on)."""
     if not items:
-        return ["quarantined feed items: none"]
-    rows = [[f"#{item.id}", item.source, when(item.processed_at), (item.error or "")[:70]] for item in items]
-    return ([f"quarantined feed items: {len(items)} (fix the cause, then `notifier feeds retry ID`)"]
-            + table(rows, ["item", "feed", "failed at", "why"]))
+        lines = ["quarantined feed items: none"]
+    else:
+        rows = [[f"#{item.id}", item.source, when(item.processed_at), (item.error or "")[:70]] for item in items]
+        lines = ([f"quarantined feed items: {len(items)} (fix the cause, then `notifier feeds retry ID`)"]
+                 + table(rows, ["item", "feed", "failed at", "why"]))
+    if broadcasts:
+        rows = [[f"#{b.id}", b.kind, b.template, (b.error or "")[:70]] for b in broadcasts]
+        lines += ([f"quarantined broadcasts: {len(broadcasts)} (fix the cause, then "
+                   "`notifier feeds retry --broadcast ID`)"] + table(rows, ["broadcast", "kind", "template", "why"]))
+    return lines
 
 
 def watcher_lines(watchers: list[Any], now: datetime | None = None) -> list[str]:

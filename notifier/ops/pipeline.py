@@ -32,7 +32,7 @@ from notifier.planning.audience import AUDIENCE_KINDS, opted_out, recipients_for
 from notifier.planning.plan import create_automatic, pending_broadcasts, plan_broadcast
 from notifier.planning.chunk_plan import PlanResult
 from notifier.store.settings import Settings
-from notifier.ops.quarantine import Quarantined, quarantine_item
+from notifier.ops.quarantine import Quarantined, quarantine_broadcast, quarantine_item
 from notifier.store.status import ITEM_NEW, ITEM_PROCESSED
 from notifier.store.db import insert_ignore, transaction
 from notifier.disruptions import PENDING, TOLD, Outcome, expire, lineage_keys, reconcile, source_key, withdraw
@@ -222,11 +222,15 @@ def plan_pending(factory: sessionmaker[Session], settings: Settings, now: dateti
         broadcast_ids = pending_broadcasts(session)
     results = []
     for broadcast_id in broadcast_ids:
-        origin, _ = _prune_target(factory, broadcast_id, now)
-        if origin is None:
+        try:
+            origin, _ = _prune_target(factory, broadcast_id, now)
+            if origin is None:
+                continue
+            result = plan_broadcast(factory, broadcast_id, settings, now)
+            _after_planning(factory, broadcast_id, settings, now, origin == "automatic")
+        except Exception as exc:  # noqa: BLE001 - a broadcast that cannot be planned must not stop the others
+            quarantine_broadcast(factory, broadcast_id, exc, now)
             continue
-        result = plan_broadcast(factory, broadcast_id, settings, now)
-        _after_planning(factory, broadcast_id, settings, now, origin == "automatic")
         results.append(result)
     return results
 

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from notifier.errors import UsageError, escape_unprintable
 from notifier.store import audit
 from notifier.store.db import transaction
-from notifier.store.models import FeedError, FeedItem
-from notifier.store.status import ITEM_FAILED, ITEM_NEW
+from notifier.store.models import Broadcast, FeedError, FeedItem
+from notifier.store.status import BROADCAST_FAILED, ITEM_FAILED, ITEM_NEW, PLANNING
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,36 @@ def quarantine_item(factory: sessionmaker[Session], item_id: int, stage: str, ex
     return quarantined
 
 
+def quarantine_broadcast(factory: sessionmaker[Session], broadcast_id: int, exc: BaseException,
+                         now: datetime) -> str:
+    """Mark a broadcast whose planning failed (a notice that cannot be rendered, say) failed with its reason; the
+    chunks planned before the failure stay planned, the other broadcasts go on. Returns the reason."""
+    reason = reason_of(exc)
+    with transaction(factory) as session:
+        broadcast = session.get(Broadcast, broadcast_id)
+        broadcast.status, broadcast.error = BROADCAST_FAILED, f"planning: {reason}"
+        session.add(FeedError(source="planning", at=now,
+                              message=f"broadcast #{broadcast_id} quarantined at planning: {reason}"))
+        audit.record(session, "rules", "broadcast.quarantined", "broadcast", broadcast_id, reason=reason)
+    log.error("broadcast %s quarantined at planning: %s", broadcast_id, reason)
+    return reason
+
+
+def retry_broadcast(factory: sessionmaker[Session], broadcast_id: int, operator: str) -> Broadcast:
+    """Put a quarantined broadcast back to planning (what it planned before stays; the rest is planned next)."""
+    with transaction(factory) as session:
+        broadcast = session.get(Broadcast, broadcast_id)
+        if broadcast is None:
+            raise UsageError(f"no broadcast #{broadcast_id}")
+        if broadcast.status != BROADCAST_FAILED:
+            raise UsageError(f"broadcast #{broadcast_id} is {broadcast.status}, not quarantined: nothing to retry")
+        audit.record(session, operator, "broadcast.retried", "broadcast", broadcast.id, previous_error=broadcast.error)
+        broadcast.status, broadcast.error = PLANNING, None
+        session.flush()
+        session.expunge(broadcast)
+    return broadcast
+
+
 def retry_item(factory: sessionmaker[Session], item_id: int, operator: str) -> FeedItem:
     """Put a quarantined item back in the queue (the next pipeline run takes it first, as the oldest)."""
     with transaction(factory) as session:
@@ -80,6 +110,12 @@ def quarantined_by_source(session: Session) -> dict[str, int]:
     rows = session.execute(select(FeedItem.source, func.count()).where(FeedItem.status == ITEM_FAILED)
                            .group_by(FeedItem.source))
     return {source: count for source, count in rows}
+
+
+def quarantined_broadcasts(session: Session, limit: int = 50) -> list[Broadcast]:
+    """The newest broadcasts whose planning failed."""
+    return list(session.scalars(select(Broadcast).where(Broadcast.status == BROADCAST_FAILED)
+                                .order_by(Broadcast.id.desc()).limit(limit)))
 
 
 def quarantined_items(session: Session, limit: int = 50) -> list[FeedItem]:

@@ -333,6 +333,8 @@ class Broadcast(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     approved_at: Mapped[datetime | None]
     recipient_count: Mapped[int] = mapped_column(default=0)
+    # Why planning failed on it (status "failed"): quarantined until `notifier feeds retry --broadcast ID`.
+    error: Mapped[str | None] = mapped_column(Text)
     preview: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 

@@ -29,6 +29,7 @@ from notifier.store.settings import FeedSource
 from notifier.store.status import ITEM_FAILED, ITEM_NEW, ITEM_PROCESSED
 
 STRAIT = "19.80,109.60 19.80,110.90 20.60,110.90 20.60,109.60 19.80,109.60"
+HONG_KONG_MACAU = "22.05,113.45 22.05,114.35 22.45,114.35 22.45,113.45 22.05,113.45"
 
 
 def cap_alert(identifier: str, *, sent: str = "2026-09-14T06:00:00+08:00", onset: str | None = None,
@@ -186,3 +187,43 @@ def test_the_cli_lists_a_quarantined_item_and_retries_it(factory, demo_db, tmp_s
     assert retried.exit_code == 0 and "queued again" in retried.output
     assert item_statuses(factory)["bad-one"] == ITEM_NEW
     assert again.exit_code == 2 and "not quarantined" in again.stderr
+
+
+def test_a_broadcast_that_cannot_be_planned_is_quarantined_and_the_others_are_planned(
+        factory, demo_db, tmp_settings, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import main
+    from notifier.messages import TemplateError
+    from notifier.ops import pipeline
+    from notifier.store.models import Broadcast
+
+    ingest(factory, cap.parse(bundled_feed(demo_db.epoch)))
+    real_plan = pipeline.plan_broadcast
+    planned: list[int] = []
+
+    def plan_broadcast(factory, broadcast_id, *args, **kwargs):
+        if not planned:  # the first broadcast holds a notice its template cannot render
+            planned.append(broadcast_id)
+            raise TemplateError("template 'cancelled' (sms, zh-CN) needs a value it was not given: 'deadline'")
+        return real_plan(factory, broadcast_id, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "plan_broadcast", plan_broadcast)
+    ingest(factory, cap.parse(cap_alert("hk-signal", sent=demo_db.epoch.isoformat(),
+                                        areas=[polygon(HONG_KONG_MACAU)])))  # a second broadcast, after it
+    done = run_pipeline(factory, tmp_settings, load_rules([rules_dir()]), demo_db.epoch)
+
+    with factory() as session:
+        failed = session.get(Broadcast, planned[0])
+        others = session.scalars(select(Broadcast).where(Broadcast.id != planned[0])).all()
+    assert failed.status == "failed" and "TemplateError" in failed.error and "'deadline'" in failed.error
+    env = {"NOTIFIER_CONFIG": "", "NOTIFIER_DATABASE_URL": tmp_settings.database_url, "NOTIFIER_OPERATOR": "bob"}
+    listed = CliRunner().invoke(main, ["feeds", "list"], env=env)
+    assert f"#{planned[0]}" in listed.output and "quarantined broadcasts: 1" in listed.output
+
+    monkeypatch.setattr(pipeline, "plan_broadcast", real_plan)  # the template is fixed
+    retried = CliRunner().invoke(main, ["feeds", "retry", "--broadcast", str(planned[0])], env=env)
+    assert retried.exit_code == 0, retried.output
+    again = run_pipeline(factory, tmp_settings, load_rules([rules_dir()]), demo_db.epoch)
+    assert again["notifications_planned"] > 0 and told(factory) > 0
+    assert others and all(b.status != "failed" for b in others) and done["notifications_planned"] > 0
