@@ -5,8 +5,9 @@ jurisdiction that decides the passengers' entitlements (EU, CN, HK, OTHER) and t
 with their own capacity where it differs from their vessel's. Everything is matched by its own key (operator
 code, LOCODE, IMO, route code, sailing code) and updated in place, so importing the same file again changes
 nothing. A sailing that the file no longer lists (a future one, on a route of the file or of its sailings, when
-the file lists sailings at all) is removed when nothing refers to it, and kept and reported when it has bookings or a disruption. A sailing's
-departure without an offset is the local time of its origin port. The caller commits.
+the file lists sailings at all) is removed when nothing refers to it, and kept and reported when bookings, offers
+or a disruption refer to it. A sailing's departure without an offset is the local time of its origin port. The
+caller commits.
 """
 
 from __future__ import annotations
