@@ -10,6 +10,7 @@ strptime), the region for phone numbers written without a country code (`default
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,21 @@ class Mapping:
     def apply(self, row: dict[str, Any]) -> dict[str, Any]:
         """Their row as our fields: renamed, constants filled in, values translated (no checking here)."""
         ours = {}
-        for name in FIELDS:
-            value = row.get(self.columns.get(name, name))
+        for name, column, constant, translate in self._plan:
+            value = row.get(column)
             if value is None or value == "":
-                value = self.constants.get(name)
-            translate = self.values.get(name)
+                value = constant
             if translate and isinstance(value, str | int | bool) and str(value) in translate:
                 value = translate[str(value)]
             if value is not None and value != "":
                 ours[name] = value
         return ours
+
+    @cached_property
+    def _plan(self) -> tuple[tuple[str, str, Any, dict[str, Any] | None], ...]:
+        # Worked out once per import, not once per row of a million.
+        return tuple((name, self.columns.get(name, name), self.constants.get(name), self.values.get(name))
+                     for name in FIELDS)
 
 
 def load_mapping(path: str | Path | None) -> Mapping:
