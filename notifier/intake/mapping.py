@@ -14,9 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from notifier.errors import UsageError
+from notifier.intake.sources import read_yaml
 
 MAX_MAPPING_BYTES = 1_000_000
 FIELDS = ("booking_ref", "sailing", "route", "departure", "status", "kind", "space_class", "passengers_adult",
@@ -64,15 +63,7 @@ def load_mapping(path: str | Path | None) -> Mapping:
     if path is None:
         return Mapping()
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_MAPPING_BYTES:
-            raise UsageError(f"{path}: over {MAX_MAPPING_BYTES} bytes; a mapping file is a few lines")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot be read ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return _checked(raw or {}, path)
+    return _checked(read_yaml(path, MAX_MAPPING_BYTES) or {}, path)
 
 
 def _checked(raw: Any, path: Path) -> Mapping:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import yaml
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
@@ -27,6 +26,7 @@ from notifier.feeds import FeedParseError
 from notifier.feeds.port_status import is_locode
 from notifier.intake.capacity import set_capacity, vessel_capacity
 from notifier.intake.gtfs import time_zone
+from notifier.intake.sources import read_yaml
 from notifier.store.models import (Booking, Disruption, Offer, Operator, Port, Route, Sailing, SailingCapacity, Vessel,
                                    VesselCapacity)
 
@@ -42,14 +42,7 @@ class NetworkError(UsageError):
 def load_network_file(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     """The sections of a network YAML file, each a list of mappings."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_NETWORK_BYTES:
-            raise NetworkError(f"{path}: over {MAX_NETWORK_BYTES} bytes")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NetworkError(f"{path}: cannot be read ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise NetworkError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, MAX_NETWORK_BYTES, NetworkError)
     if not isinstance(raw, dict) or set(raw) - set(SECTIONS):
         raise NetworkError(f"{path}: a network file is a mapping of {', '.join(SECTIONS)}")
     for section, entries in raw.items():

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 from notifier.errors import UsageError
 
 # The longest cell (in characters) any field may hold; the csv module refuses a longer one as it reads it, so a
@@ -99,6 +101,18 @@ def jsonl_rows(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | Reject]]
             yield line, Reject(line, "", "is not a JSON object")
             continue
         yield line, row
+
+
+def read_yaml(path: Path, limit: int, error: type[UsageError] = UsageError) -> Any:
+    """A small YAML file an operator wrote (network, mapping), parsed safely; `error` says what is wrong with it."""
+    try:
+        if path.stat().st_size > limit:
+            raise error(f"{path}: over {limit} bytes")
+        return yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot be read ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def undecodable(text: str) -> bool:
