@@ -33,7 +33,7 @@ from notifier.commands.common import warn_unknown_environment
 from notifier.commands.delivery import dispatch, serve, watch
 from notifier.commands.desk import audit, booking, followups, purge, report, responses
 from notifier.commands.feeds import feeds
-from notifier.commands.imports import import_group
+from notifier.commands.intake import import_group
 from notifier.commands.rules import rules
 from notifier.commands.setup import config, db, demo
 from notifier.errors import NotifierError

@@ -14,8 +14,11 @@ Such codes can never collide with a real port and can be replaced by real ones l
 
 Times follow the GTFS definition: a stop time is measured from "noon minus 12 hours" of the service day in the
 agency's time zone (so 25:10:00 is 01:10 the next morning, and days with a DST change come out right), and is
-stored in UTC. Importing the same feed again updates sailings in place and creates nothing twice. The caller
-commits.
+stored in UTC. Many published feeds (the Faroe Islands' among them) write H:MM or HH:MM without seconds: those
+are read too. Importing the same feed again updates sailings in place and creates nothing twice. A route that the
+network file gave a vessel (`Route.vessel_id`) gives its new sailings that vessel and the vessel's capacities. A
+feed whose calendar runs no service in the window adds a warning that says why there are no sailings. The
+caller commits.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from notifier.feeds import FeedParseError
 from notifier.feeds.port_status import is_locode
+from notifier.intake.capacity import set_capacity, vessel_capacity
 from notifier.store.models import Port, Route, Sailing
 
 FERRY_ROUTE_TYPES = {"4", "1200"}
@@ -62,15 +66,20 @@ class _Trip:
 
 
 def import_gtfs(session: Session, zip_path_or_dir: str | Path, *, today: date | None = None, days: int = 7,
-                country: str | None = None, locodes: dict[str, str] | None = None) -> dict[str, int]:
-    """Load the ferry part of a static GTFS feed; return counts of what was created, updated and skipped."""
+                country: str | None = None, locodes: dict[str, str] | None = None,
+                warnings: list[str] | None = None) -> dict[str, int]:
+    """Load the ferry part of a static GTFS feed; return counts of what was created, updated and skipped (and
+    append to `warnings` what the user should know: a calendar that runs no service in the window)."""
     with _GtfsFeed(Path(zip_path_or_dir)) as feed:
         zone = _agency_zone(feed)
         country = (country or _country_of(zone.key) or "ZZ").upper()
         routes, skipped_routes = _ferry_routes(feed)
         trips = _ferry_trips(feed, routes)
         _add_stop_times(feed, trips)
-        service_days = _service_days(feed, today or datetime.now(zone).date(), days)
+        first_day = today or datetime.now(zone).date()
+        service_days = _service_days(feed, first_day, days)
+        if warnings is not None and trips and not any(service_days.get(trip.service_id) for trip in trips.values()):
+            warnings.append(_no_service_warning(feed, first_day, days))
         counts = Counter(skipped_routes=skipped_routes, ferry_trips=len(trips))
         ports = _import_ports(session, feed, trips, zone, country, locodes or {}, counts)
     route_rows = _import_routes(session, routes, trips, ports, counts)
@@ -238,11 +247,11 @@ def _integer(value: str, what: str) -> int:
 
 
 def _seconds(value: str, where: str) -> int:
-    """'25:10:00' -> seconds after the service day's reference time (GTFS times may pass 24:00)."""
-    try:
-        hours, minutes, seconds = (int(part) for part in value.split(":"))
-    except ValueError:
-        raise FeedParseError(f"{where}: time {value[:20]!r} is not HH:MM:SS") from None
+    """'25:10:00' (or '25:10', '7:05') -> seconds after the service day's reference time (may pass 24:00)."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(part.isascii() and part.isdigit() and len(part) <= 2 for part in parts):
+        raise FeedParseError(f"{where}: time {value[:20]!r} is not HH:MM:SS (nor H:MM)")
+    hours, minutes, seconds = (int(part) for part in (parts + ["0"])[:3])
     if not (0 <= minutes < 60 and 0 <= seconds < 60 and 0 <= hours < 48):
         raise FeedParseError(f"{where}: time {value[:20]!r} is out of range")
     return hours * 3600 + minutes * 60 + seconds
@@ -269,6 +278,21 @@ def _service_days(feed: _GtfsFeed, first_day: date, days: int) -> dict[str, list
             elif row["exception_type"] == "2":
                 running[row["service_id"]].discard(day)
     return {service: sorted(days_run) for service, days_run in running.items()}
+
+
+def _no_service_warning(feed: _GtfsFeed, first_day: date, days: int) -> str:
+    """Why a feed gave no sailings: its calendar ends before the window (an out-of-date feed) or skips it."""
+    last = max((_date(row["end_date"], f"GTFS calendar.txt line {line}")
+                for line, row in feed.rows("calendar", ("service_id", "end_date"), optional=True)), default=None)
+    dates = [_date(row["date"], f"GTFS calendar_dates.txt line {line}")
+             for line, row in feed.rows("calendar_dates", ("service_id", "date", "exception_type"), optional=True)
+             if row["exception_type"] == "1"]
+    last = max([day for day in (last, *dates) if day is not None], default=None)
+    window = f"{first_day:%Y-%m-%d} .. {first_day + timedelta(days=days - 1):%Y-%m-%d}"
+    if last is not None and last < first_day:
+        return f"the feed's calendar ends on {last:%Y-%m-%d}, before {window}: no sailings imported " \
+               "(get a current feed, or give --today within its dates)"
+    return f"the feed's calendar runs no ferry service in {window}: no sailings imported"
 
 
 def _date(value: str, where: str) -> date:
@@ -402,6 +426,7 @@ def _route_code(route: dict[str, str], route_id: str, taken: set[str]) -> str:
 def _import_sailings(session: Session, trips: dict[str, _Trip], routes: dict[str, Route], ports: dict[str, Port],
                      service_days: dict[str, list[date]], zone: ZoneInfo, counts: Counter) -> None:
     existing = {s.code: s for s in session.scalars(select(Sailing).where(Sailing.gtfs_trip_id.in_(list(trips))))}
+    fresh: list[Sailing] = []
     for trip in trips.values():
         for day in service_days.get(trip.service_id, []):
             values = dict(route=routes[trip.route_id], origin=ports[trip.first[1]], destination=ports[trip.last[1]],
@@ -410,12 +435,19 @@ def _import_sailings(session: Session, trips: dict[str, _Trip], routes: dict[str
             code = sailing_code(trip.trip_id, day)
             sailing = existing.get(code)
             if sailing is None:
-                session.add(Sailing(code=code, gtfs_trip_id=trip.trip_id, **values))
+                route = routes[trip.route_id]
+                sailing = Sailing(code=code, gtfs_trip_id=trip.trip_id, vessel_id=route.vessel_id, **values)
+                session.add(sailing)
                 counts["sailings"] += 1
+                if route.vessel_id is not None:
+                    fresh.append(sailing)
             else:
                 for name, value in values.items():
                     setattr(sailing, name, value)
                 counts["sailings_updated"] += 1
+    session.flush()
+    for sailing in fresh:
+        set_capacity(session, sailing, vessel_capacity(session, sailing.vessel_id))
 
 
 def sailing_code(trip_id: str, day: date) -> str:

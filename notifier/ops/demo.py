@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from notifier.intake.upsert import upsert
 from notifier.store import audit
 from notifier.store.models import AuditEntry, Booking, Customer, Port, Route, Sailing, SailingCapacity, Vessel
 from notifier.store.paths import demo_data_dir
@@ -201,13 +202,13 @@ def _bookings(session: Session, slots: list[_SailingSlot], count: int, rng: rand
             continue
         customers.append(customer)
         bookings.append(booking)
-    session.execute(insert(Customer.__table__), customers)
+    upsert(session, Customer.__table__, customers, ("ref",))  # the bookings importer's own bulk write
     ids = dict(session.execute(select(Customer.ref, Customer.id)).all())
     rows = []
     for booking in bookings:
         booking["customer_id"] = ids[booking.pop("customer_ref")]
         rows.append(BOOKING_DEFAULTS | booking)  # executemany wants the same columns in every row
-    session.execute(insert(Booking.__table__), rows)
+    upsert(session, Booking.__table__, rows, ("ref",))
     for slot in slots:
         for space_class, capacity in slot.classes.items():
             session.add(SailingCapacity(sailing_id=slot.id, space_class=space_class, capacity=capacity,

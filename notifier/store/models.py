@@ -52,6 +52,16 @@ class Base(DeclarativeBase):
 
 # --- the network -------------------------------------------------------------------------------------------------
 
+class Operator(Base):
+    """A shipping line or ferry company whose routes notifier carries (from `notifier import network`)."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
 class Port(Base):
     __tablename__ = "ports"
 
@@ -80,6 +90,9 @@ class Route(Base):
     # Which passenger-rights regime applies: EU (1177/2010), CN, HK, OTHER.
     jurisdiction: Mapped[str] = mapped_column(String(8), default="OTHER")
     gtfs_route_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    # The vessel that usually sails the route: a sailing imported without one (GTFS) gets it and its capacities.
+    vessel_id: Mapped[int | None] = mapped_column(ForeignKey("vessels.id"))
 
     origin: Mapped[Port] = relationship(foreign_keys=[origin_port_id])
     destination: Mapped[Port] = relationship(foreign_keys=[destination_port_id])
@@ -91,6 +104,19 @@ class Vessel(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     imo: Mapped[str] = mapped_column(String(10), unique=True)
     name: Mapped[str] = mapped_column(String(120))
+
+
+class VesselCapacity(Base):
+    """Places of one kind a vessel offers (seats per cabin class, vehicles, lane metres, TEU, reefer plugs): what
+    a sailing of that vessel carries unless the sailing says otherwise."""
+
+    __tablename__ = "vessel_capacities"
+    __table_args__ = (UniqueConstraint("vessel_id", "space_class"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vessel_id: Mapped[int] = mapped_column(ForeignKey("vessels.id"))
+    space_class: Mapped[str] = mapped_column(String(32))
+    capacity: Mapped[int]
 
 
 class Sailing(Base):
@@ -203,6 +229,20 @@ class Booking(Base):
     def places(self) -> int:
         """How many places of `space_class` this booking occupies."""
         return self.teu if self.kind == "cargo" else self.party_size
+
+
+class BookingImport(Base):
+    """What `notifier import bookings` knows of a booking beyond its columns: the digest of the row it came from
+    (an unchanged row is skipped on the next import without being validated again), the party by passenger type
+    and the cargo's commodity."""
+
+    __tablename__ = "booking_imports"
+
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), primary_key=True)
+    row_hash: Mapped[str] = mapped_column(String(32))
+    party: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"adult": 2, "child": 1}
+    commodity: Mapped[str | None] = mapped_column(String(120))
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- the pipeline --------------------------------------------------------------------------------------------------

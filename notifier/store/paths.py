@@ -1,4 +1,4 @@
-"""Where the shipped templates, rules and migrations live, for a checkout and for an installed notifier."""
+"""Where the shipped templates, rules, migrations and schemas live, for a checkout and for an installed notifier."""
 
 import sys
 from pathlib import Path
@@ -30,6 +30,11 @@ def rules_dir() -> Path:
 def migrations_dir() -> Path:
     """The Alembic migrations/ folder."""
     return _resolve("migrations")
+
+
+def schemas_dir() -> Path:
+    """The JSON Schemas of the files operators import (bookings, network, column mapping)."""
+    return _resolve("schemas")
 
 
 def demo_data_dir() -> Path:

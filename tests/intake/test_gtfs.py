@@ -150,3 +150,36 @@ def test_the_fixture_zip_matches_the_fixture_folder():
         for name in archive.namelist():
             assert archive.read(name) == (HARBOUR_FERRY / name).read_bytes(), name
         assert sorted(archive.namelist()) == sorted(p.name for p in Path(HARBOUR_FERRY).glob("*.txt"))
+
+
+def test_times_without_seconds_give_the_same_sailings(session, tmp_path):
+    """Many real feeds (the Faroe Islands' among them) write stop times as HH:MM or H:MM."""
+    feed = tmp_path / "feed"
+    shutil.copytree(HARBOUR_FERRY, feed)
+    stop_times = (feed / "stop_times.txt").read_text()
+    (feed / "stop_times.txt").write_text(stop_times.replace(":00,", ",").replace("07:00,", "7:00,"))
+    assert "7:00," in (feed / "stop_times.txt").read_text()
+    import_gtfs(session, feed, today=MONDAY)
+    sailings = {s.code: s for s in session.scalars(select(Sailing))}
+    assert sailings["MW-0700@20250929"].scheduled_departure == datetime(2025, 9, 28, 23, 0, tzinfo=UTC)
+    assert sailings["CC-2330@20251001"].scheduled_arrival == datetime(2025, 10, 1, 16, 25, tzinfo=UTC)  # 24:25
+    assert len(sailings) == 15
+
+
+@pytest.mark.parametrize("time", ["7", "07:0:0:0", "7h00", "07:60", "٠٧:٠٠"])
+def test_a_time_that_is_not_a_time_is_refused(session, tmp_path, time):
+    feed = tmp_path / "feed"
+    shutil.copytree(HARBOUR_FERRY, feed)
+    stop_times = (feed / "stop_times.txt").read_text()
+    (feed / "stop_times.txt").write_text(stop_times.replace("07:00:00", time, 1))
+    with pytest.raises(FeedParseError, match="time .* is (not HH:MM:SS|out of range)"):
+        import_gtfs(session, feed, today=MONDAY)
+
+
+def test_a_calendar_that_ended_gives_no_sailings_and_says_why(session):
+    warnings: list[str] = []
+    counts = import_gtfs(session, HARBOUR_FERRY, today=date(2031, 1, 6), warnings=warnings)
+    assert counts["sailings"] == 0
+    assert len(warnings) == 1 and warnings[0].startswith("the feed's calendar ends on ")
+    assert "before 2031-01-06 .. 2031-01-12: no sailings imported" in warnings[0]
+    assert import_gtfs(session, HARBOUR_FERRY, today=MONDAY, warnings=warnings) and len(warnings) == 1
