@@ -58,7 +58,8 @@ def watch(ctx: click.Context, show_status: bool) -> None:
 
     from notifier.logs import setup_logging
     from notifier.ops import console, watcher
-    from notifier.ops.quarantine import quarantined_broadcasts, quarantined_items
+    from notifier.ops.quarantine import quarantined
+    from notifier.store.models import utcnow
 
     settings = settings_from(ctx)
     if show_status:
@@ -68,7 +69,7 @@ def watch(ctx: click.Context, show_status: bool) -> None:
         for state in states[:1]:
             echo_lines(console.watcher_detail_lines(state))
         with factory() as session:
-            echo_lines(console.quarantine_lines(quarantined_items(session), quarantined_broadcasts(session)))
+            echo_lines(console.quarantine_lines(quarantined(session, utcnow())))
         return
     setup_logging(ctx.obj.get("log_level") or "INFO")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns what matters

@@ -47,14 +47,15 @@ def feeds_list(ctx: click.Context) -> None:
     """The configured feeds with their health (ok, failing, stale, never polled) and the watcher's heartbeat."""
     from notifier.ops.console import feeds_lines, quarantine_lines
     from notifier.ops.polling import source_health
-    from notifier.ops.quarantine import quarantined_broadcasts, quarantined_items
+    from notifier.ops.quarantine import quarantined
+    from notifier.store.models import utcnow
     from notifier.ops.watcher import watcher_states
 
     settings = settings_from(ctx)
     factory = open_database(settings)
     echo_lines(feeds_lines(source_health(factory, settings), watcher_states(factory, settings)))
     with factory() as session:
-        echo_lines(quarantine_lines(quarantined_items(session), quarantined_broadcasts(session)))
+        echo_lines(quarantine_lines(quarantined(session, utcnow())))
 
 
 @feeds.command("retry")

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.broadcasts.manual import CancelResult
 from notifier.broadcasts.preview import Preview, Progress, finish_sent_broadcasts, progress
+from notifier.ops.quarantine import QuarantineView
 from notifier.store.settings import Settings
 from notifier.store.models import utcnow
 from notifier.aftercare.reminders import preview_reminders
@@ -478,8 +479,10 @@ def feeds_lines(healths: list[Any], watchers: list[Any], now: datetime | None = 
     return lines + watcher_lines(watchers, now)
 
 
-def quarantine_lines(items: list[Any], broadcasts: list[Any] = ()) -> list[str]:
-    """The quarantined feed items and broadcasts (a stage failed on them; the ones after them went on)."""
+def quarantine_lines(view: QuarantineView) -> list[str]:
+    """The quarantined feed items, broadcasts and webhook bodies (a stage failed on them; the ones after them went
+    on)."""
+    items, broadcasts, bodies = view.items, view.broadcasts, view.bodies
     if not items:
         lines = ["quarantined feed items: none"]
     else:
@@ -490,6 +493,10 @@ def quarantine_lines(items: list[Any], broadcasts: list[Any] = ()) -> list[str]:
         rows = [[f"#{b.id}", b.kind, b.template, (b.error or "")[:70]] for b in broadcasts]
         lines += ([f"quarantined broadcasts: {len(broadcasts)} (fix the cause, then "
                    "`notifier feeds retry --broadcast ID`)"] + table(rows, ["broadcast", "kind", "template", "why"]))
+    if bodies:
+        rows = [[when(error.at), error.source.removeprefix("webhook:"), error.message[:80]] for error in bodies]
+        lines += ([f"webhook bodies not applied in the last 24 h: {len(bodies)} (kept here for a person)"]
+                  + table(rows, ["at", "webhook", "why"]))
     return lines
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -116,6 +116,27 @@ def quarantined_broadcasts(session: Session, limit: int = 50) -> list[Broadcast]
     """The newest broadcasts whose planning failed."""
     return list(session.scalars(select(Broadcast).where(Broadcast.status == BROADCAST_FAILED)
                                 .order_by(Broadcast.id.desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class QuarantineView:
+    """What is in quarantine now: feed items and broadcasts a stage failed on, webhook bodies not applied."""
+
+    items: list[FeedItem]
+    broadcasts: list[Broadcast]
+    bodies: list[FeedError]
+
+
+def quarantined(session: Session, now: datetime, window: timedelta = timedelta(hours=24)) -> QuarantineView:
+    """The quarantine as `feeds list` and `watch --status` show it (webhook bodies of the last `window`)."""
+    return QuarantineView(quarantined_items(session), quarantined_broadcasts(session),
+                          quarantined_webhook_bodies(session, now - window))
+
+
+def quarantined_webhook_bodies(session: Session, since: datetime) -> list[FeedError]:
+    """Webhook bodies (Twilio receipts and inbound SMS) that could not be read or applied since `since`."""
+    return list(session.scalars(select(FeedError).where(FeedError.source.like("webhook:%"), FeedError.at >= since)
+                                .order_by(FeedError.id.desc()).limit(50)))
 
 
 def quarantined_items(session: Session, limit: int = 50) -> list[FeedItem]:

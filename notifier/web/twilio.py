@@ -44,7 +44,7 @@ from notifier.delivery.outcomes import OPTED_OUT_CODE, mark_sent
 from notifier.delivery.fallback import plan_fallback
 from notifier.aftercare.followups import record_help
 from notifier.aftercare.responses import handle_sms_reply
-from notifier.store.models import DeliveryAttempt, Notification, utcnow
+from notifier.store.models import DeliveryAttempt, FeedError, Notification, utcnow
 from notifier.delivery.optouts import (UnsubscribeLinkError, keyword, language_of, lift_opt_out,
                                        read_unsubscribe_token, record_opt_out, reply, unsubscribing_address)
 from notifier.privacy import mask_contact, redact
@@ -103,14 +103,26 @@ def twilio_status() -> Response:
     status = (request.form.get("MessageStatus") or request.form.get("SmsStatus") or "").lower()
     code = request.form.get("ErrorCode") or None
     notification_id = request.args.get("n", type=int)
-    with transaction(_factory()) as session:
-        notification = _receipt_row(session, notification_id, sid)
-        if notification is None:
-            log.info("status callback for an unknown message %s (%s)", sid, status)
-        else:
-            apply_receipt(session, notification, sid, status, code, _settings(), _now(),
-                          request.form.get("ErrorMessage"))
+    try:
+        with transaction(_factory()) as session:
+            notification = _receipt_row(session, notification_id, sid)
+            if notification is None:
+                log.info("status callback for an unknown message %s (%s)", sid, status)
+            else:
+                apply_receipt(session, notification, sid, status, code, _settings(), _now(),
+                              request.form.get("ErrorMessage"))
+    except Exception as exc:  # noqa: BLE001 - kept for a person; Twilio is not asked to send it again and again
+        quarantine_body("twilio/status", sid, exc)
     return Response(status=204)
+
+
+def quarantine_body(endpoint: str, sid: str, exc: Exception) -> None:
+    """A webhook body that could not be read or applied: recorded as an error of the webhook's own feed (shown by
+    `feeds list`), never a 500 that the provider would retry for hours."""
+    reason = redact(f"{type(exc).__name__}: {exc}")[:300]
+    with transaction(_factory()) as session:
+        session.add(FeedError(source=f"webhook:{endpoint}", at=_now(), message=f"{sid or 'no MessageSid'}: {reason}"))
+    log.error("webhook %s body %s quarantined: %s", endpoint, sid or "without a MessageSid", reason)
 
 
 def _receipt_row(session: Session, notification_id: int | None, sid: str) -> Notification | None:
@@ -186,9 +198,13 @@ def twilio_inbound() -> Response:
             return _refused("a replay of an SMS first seen longer ago than the replay window")
         return _twiml(seen.answer)
     word = keyword(body)
-    if word is not None:
+    if word is None:
+        return _twiml(_answer_reply(settings, sid, phone, body, language, now))
+    try:
         return _twiml(_answer_keyword(settings, sid, word, phone, body, language, now))
-    return _twiml(_answer_reply(settings, sid, phone, body, language, now))
+    except Exception as exc:  # noqa: BLE001 - the customer still gets an answer; the body is kept for a person
+        quarantine_body("twilio/inbound", sid, exc)
+        return _twiml(reply(settings, "help", language))
 
 
 def _refused(reason: str) -> Response:

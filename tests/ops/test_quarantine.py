@@ -20,7 +20,7 @@ from notifier.ops import console
 from notifier.ops.demo import bundled_feed
 from notifier.ops.pipeline import ingest
 from notifier.ops.polling import source_health
-from notifier.ops.quarantine import quarantined_items, retry_item
+from notifier.ops.quarantine import quarantined, retry_item
 from notifier.ops.watcher import run_pipeline
 from notifier.rules.load import load_rules
 from notifier.store.models import AuditEntry, FeedError, FeedItem, Notification
@@ -102,7 +102,7 @@ def test_an_item_a_stage_fails_on_is_quarantined_with_its_reason(factory, demo_d
             FeedError.source == "test@met.example"))
         assert session.scalar(select(AuditEntry.action).where(AuditEntry.subject_id == str(item.id))) \
             == "feed_item.quarantined"
-        listed = console.quarantine_lines(quarantined_items(session))
+        listed = console.quarantine_lines(quarantined(session, demo_db.epoch))
     assert listed[0].startswith("quarantined feed items: 1") and "OverflowError" in "\n".join(listed)
 
     source = FeedSource(name="test@met.example", url="https://met.example/cap.xml", format="cap")

@@ -293,3 +293,26 @@ def test_an_unsubscribed_address_gets_no_more_email(client, settings, factory, r
     dispatch_all(factory, dataclasses.replace(settings, safety_critical_opt_out="respect"),
                  channels_for(settings))
     assert relay.received == []
+
+
+def test_a_webhook_body_that_cannot_be_applied_is_kept_for_a_person_not_retried(client, factory, sent_sms,
+                                                                                 twilio_standin, monkeypatch):
+    from notifier.ops.console import quarantine_lines
+    from notifier.ops.quarantine import quarantined
+    from notifier.store.models import FeedError, utcnow
+    from notifier.web import twilio as twilio_webhooks
+
+    def broken(*args, **kwargs):
+        raise ValueError("ErrorCode 'x1' is not a number")
+
+    monkeypatch.setattr(twilio_webhooks, "apply_receipt", broken)
+    notification_id, message = sent_sms
+    answer = post_receipt(client, twilio_standin, message, "delivered")
+
+    assert answer.status_code == 204  # accepted: Twilio does not send it again for hours
+    with factory() as session:
+        [error] = session.scalars(select(FeedError)).all()
+        lines = quarantine_lines(quarantined(session, utcnow()))
+    assert error.source == "webhook:twilio/status" and "ValueError" in error.message
+    assert any(line.startswith("webhook bodies not applied in the last 24 h: 1") for line in lines)
+    assert notification(factory, notification_id).status == "sent"  # nothing half-applied
