@@ -30,3 +30,12 @@ def test_the_layout_section_names_every_room():
     modules = sorted(p.name for p in (ROOT / "notifier").glob("*.py") if p.name != "__init__.py")
     missing = [name for name in rooms + modules if not re.search(rf"(^|\s){re.escape(name)}", section, re.M)]
     assert missing == [], f"README's Layout section does not name {missing}"
+
+
+def test_every_test_the_readme_names_exists():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = sorted({path for path in re.findall(r"tests/[\w/]+\.py", readme) if not (ROOT / path).is_file()})
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", readme)
+    absent = [f"{path}::{name}" for path, name in named
+              if (ROOT / path).is_file() and f"def {name}(" not in (ROOT / path).read_text(encoding="utf-8")]
+    assert missing == [] and absent == []
