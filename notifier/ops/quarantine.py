@@ -77,32 +77,33 @@ def quarantine_broadcast(factory: sessionmaker[Session], broadcast_id: int, exc:
 
 def retry_broadcast(factory: sessionmaker[Session], broadcast_id: int, operator: str) -> Broadcast:
     """Put a quarantined broadcast back to planning (what it planned before stays; the rest is planned next)."""
-    with transaction(factory) as session:
-        broadcast = session.get(Broadcast, broadcast_id)
-        if broadcast is None:
-            raise UsageError(f"no broadcast #{broadcast_id}")
-        if broadcast.status != BROADCAST_FAILED:
-            raise UsageError(f"broadcast #{broadcast_id} is {broadcast.status}, not quarantined: nothing to retry")
-        audit.record(session, operator, "broadcast.retried", "broadcast", broadcast.id, previous_error=broadcast.error)
-        broadcast.status, broadcast.error = PLANNING, None
-        session.flush()
-        session.expunge(broadcast)
-    return broadcast
+    return _released(factory, Broadcast, broadcast_id, operator, {"status": PLANNING})
 
 
 def retry_item(factory: sessionmaker[Session], item_id: int, operator: str) -> FeedItem:
     """Put a quarantined item back in the queue (the next pipeline run takes it first, as the oldest)."""
+    return _released(factory, FeedItem, item_id, operator, {"status": ITEM_NEW, "processed_at": None})
+
+
+RETRIED = {Broadcast: ("broadcast", "broadcast"), FeedItem: ("feed item", "feed_item")}
+
+
+def _released(factory: sessionmaker[Session], kind: type[Broadcast] | type[FeedItem], row_id: int, operator: str,
+              back: dict[str, object]) -> Broadcast | FeedItem:
+    # Only a quarantined row goes back (status failed), its error cleared, the retry audited with what it was.
+    name, subject = RETRIED[kind]
     with transaction(factory) as session:
-        item = session.get(FeedItem, item_id)
-        if item is None:
-            raise UsageError(f"no feed item #{item_id}")
-        if item.status != ITEM_FAILED:
-            raise UsageError(f"feed item #{item_id} is {item.status}, not quarantined: nothing to retry")
-        audit.record(session, operator, "feed_item.retried", "feed_item", item.id, previous_error=item.error)
-        item.status, item.error, item.processed_at = ITEM_NEW, None, None
+        row = session.get(kind, row_id)
+        if row is None:
+            raise UsageError(f"no {name} #{row_id}")
+        if row.status != ITEM_FAILED:
+            raise UsageError(f"{name} #{row_id} is {row.status}, not quarantined: nothing to retry")
+        audit.record(session, operator, f"{subject}.retried", subject, row.id, previous_error=row.error)
+        for column, value in {**back, "error": None}.items():
+            setattr(row, column, value)
         session.flush()
-        session.expunge(item)
-    return item
+        session.expunge(row)
+    return row
 
 
 def quarantined_by_source(session: Session) -> dict[str, int]:
