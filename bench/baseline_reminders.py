@@ -18,7 +18,8 @@ from notifier.delivery.fallback import contact
 from notifier.messages import render
 from notifier.store.models import (Booking, Customer, Disruption, Notification, Offer, OptOut, Port, Route, Sailing,
                                    utcnow)
-from notifier.aftercare.reminders import (FAILED, NOTICE_PURPOSES, OTHER_CHANNEL, TEMPLATE, TOLD, Due,
+from notifier.store.status import LOST as FAILED, REACHED as TOLD
+from notifier.aftercare.reminders import (NOTICE_PURPOSES, OTHER_CHANNEL, TEMPLATE, Due,
                                           _unanswered_offers, reminder_key)
 
 OLD_CHUNK = 200

@@ -19,7 +19,8 @@ from notifier.delivery.fallback import contact
 from notifier.aftercare.followups import refresh
 from notifier.messages import render
 from notifier.store.models import Booking, Customer, Disruption, Notification, OptOut, SatisfactionRequest, utcnow
-from notifier.aftercare.satisfaction import FAILED, TEMPLATE, TOLD, Settlement, request_context, resolved_disruptions
+from notifier.aftercare.satisfaction import TEMPLATE, Settlement, request_context, resolved_disruptions
+from notifier.store.status import REACHED as TOLD, REFUSED as FAILED
 
 
 def old_queue_requests(factory: sessionmaker[Session], settings: Any, now: Any, limit: int | None = None

@@ -29,11 +29,10 @@ from notifier.store import audit
 from notifier.store.models import Disruption, DisruptionSource, FeedItem, Notification, Offer, Sailing, utcnow
 from notifier.store.capacity import candidates_for, release_many
 from notifier.rules.model import STRENGTH, Impact
+from notifier.store.status import (ACTIVE, CANCELLED, CLEARED, DELAYED, DEPARTED, HELD, LIVE_DISRUPTION, SCHEDULED,
+                                   SUPERSEDED, TOLD, UNSENT)
 
-LIVE = ("active", "superseded")
 OFFER_KINDS = ("cancelled", "delayed", "port_omitted")
-TOLD = ("sending", "sent", "delivered")
-PENDING = ("queued", "held")
 # A delay that moves by less than this is not worth another message (the BC Ferries lesson in POLICIES.md).
 DELAY_CHANGE_MINUTES = 15
 # A disruption with no end time retires quietly once its sailing arrived this long ago.
@@ -104,7 +103,7 @@ def reconcile(session: Session, impacts: list[Impact], lineage: set[str], own: s
     keyed = {active_key(i.sailing_id, i.kind) for i in impacts}
     existing = _by_active_key(session, keyed)
     for disruption in [*previous, *existing.values()]:
-        if disruption.status == "active" and disruption.id not in run.before:
+        if disruption.status == ACTIVE and disruption.id not in run.before:
             run.before[disruption.id] = _situation(session, disruption, run.limit)
     asserted = set()
     for impact in impacts:
@@ -134,11 +133,11 @@ def expire(session: Session, now: datetime | None = None) -> Outcome:
     run = _Run(session, now or utcnow(), 2)
     rows = session.execute(select(DisruptionSource.source_key, Disruption)
                            .join(Disruption, Disruption.id == DisruptionSource.disruption_id)
-                           .where(Disruption.status.in_(LIVE), DisruptionSource.window_end <= run.now)).all()
+                           .where(Disruption.status.in_(LIVE_DISRUPTION), DisruptionSource.window_end <= run.now)).all()
     for key, disruption in rows:
         _withdraw_sources(run, disruption, {key}, "expired")
     stale = session.scalars(select(Disruption).join(Sailing, Sailing.id == Disruption.sailing_id)
-                            .where(Disruption.status.in_(LIVE), Disruption.window_end.is_(None),
+                            .where(Disruption.status.in_(LIVE_DISRUPTION), Disruption.window_end.is_(None),
                                    Sailing.scheduled_arrival < run.now - PAST_HORIZON))
     for disruption in list(stale):
         session.execute(delete(DisruptionSource).where(DisruptionSource.disruption_id == disruption.id))
@@ -177,10 +176,10 @@ def clear(session: Session, disruption: Disruption, now: datetime | None = None,
     """End one disruption by hand: its held places go back, its unsent notices are withdrawn. Nothing is
     announced here; the caller sends its own notice."""
     now = now or utcnow()
-    if disruption.status not in LIVE:
+    if disruption.status not in LIVE_DISRUPTION:
         return
     session.execute(delete(DisruptionSource).where(DisruptionSource.disruption_id == disruption.id))
-    disruption.status, disruption.active_key = "cleared", None
+    disruption.status, disruption.active_key = CLEARED, None
     disruption.cleared_at = disruption.updated_at = now
     disruption.details = {**disruption.details, "cleared_reason": f"cleared by {actor}"}
     _release_offers(session, disruption)
@@ -199,7 +198,7 @@ def _lineage_disruptions(session: Session, lineage: set[str]) -> list[Disruption
     if not lineage:
         return []
     ids = select(DisruptionSource.disruption_id).where(DisruptionSource.source_key.in_(sorted(lineage)))
-    return list(session.scalars(select(Disruption).where(Disruption.id.in_(ids), Disruption.status.in_(LIVE))
+    return list(session.scalars(select(Disruption).where(Disruption.id.in_(ids), Disruption.status.in_(LIVE_DISRUPTION))
                                 .order_by(Disruption.id)))
 
 
@@ -247,7 +246,7 @@ def _open(run: _Run, impact: Impact, feed_item: FeedItem | None) -> Disruption:
     if stronger:
         run.outcome.superseded.append(disruption.id)
         return disruption
-    weaker = [d for d in live if d.status == "active" and strength(d.kind) < strength(impact.kind)]
+    weaker = [d for d in live if d.status == ACTIVE and strength(d.kind) < strength(impact.kind)]
     for other in weaker:
         if _was_told(session, other):
             disruption.details = {**disruption.details, "previous_kind": other.kind}
@@ -288,7 +287,7 @@ def _move_source(session: Session, disruption: Disruption, lineage: set[str], ow
 
 def _withdraw_sources(run: _Run, disruption: Disruption, keys: set[str], reason: str) -> None:
     session = run.session
-    if disruption.status not in LIVE:
+    if disruption.status not in LIVE_DISRUPTION:
         return  # already ended by an earlier source of the same run
     session.execute(delete(DisruptionSource).where(DisruptionSource.disruption_id == disruption.id,
                                                    DisruptionSource.source_key.in_(sorted(keys))))
@@ -300,8 +299,8 @@ def _withdraw_sources(run: _Run, disruption: Disruption, keys: set[str], reason:
 
 def _end(run: _Run, disruption: Disruption, reason: str) -> None:
     session = run.session
-    was_active = disruption.status == "active"
-    disruption.status, disruption.active_key = "cleared", None
+    was_active = disruption.status == ACTIVE
+    disruption.status, disruption.active_key = CLEARED, None
     disruption.cleared_at = disruption.updated_at = run.now
     disruption.details = {**disruption.details, "cleared_reason": reason}
     _release_offers(session, disruption)
@@ -316,7 +315,7 @@ def _end(run: _Run, disruption: Disruption, reason: str) -> None:
 
 
 def _supersede(run: _Run, weaker: Disruption, stronger: Disruption) -> None:
-    weaker.status, weaker.superseded_by_id, weaker.updated_at = "superseded", stronger.id, run.now
+    weaker.status, weaker.superseded_by_id, weaker.updated_at = SUPERSEDED, stronger.id, run.now
     _release_offers(run.session, weaker)
     _withdraw_pending(run.session, weaker, run.now)
     audit.record(run.session, "rules", "disruption.superseded", "disruption", weaker.id, by=stronger.id)
@@ -330,7 +329,7 @@ def _settle(run: _Run) -> None:
     promoted_on = set()
     for sailing_id in sorted(run.sailings):
         live = _live_on_sailing(session, sailing_id)
-        if live and not [d for d in live if d.status == "active"]:
+        if live and not [d for d in live if d.status == ACTIVE]:
             best = max(live, key=lambda d: (strength(d.kind), d.id))
             _promote(run, best)
             promoted_on.add(sailing_id)
@@ -349,7 +348,7 @@ def _settle(run: _Run) -> None:
 
 def _promote(run: _Run, disruption: Disruption) -> None:
     ended = [d for d in run.ended if d.sailing_id == disruption.sailing_id]
-    disruption.status, disruption.superseded_by_id, disruption.updated_at = "active", None, run.now
+    disruption.status, disruption.superseded_by_id, disruption.updated_at = ACTIVE, None, run.now
     if disruption.planned_revision >= disruption.revision:
         disruption.revision += 1  # told before it was inhibited: the new notice needs its own outbox key
     if ended:
@@ -366,7 +365,7 @@ def _decide_revisions(run: _Run, asserted: set[int]) -> None:
         if disruption_id not in asserted or disruption_id in fresh:
             continue
         disruption = session.get(Disruption, disruption_id)
-        if disruption.status != "active":
+        if disruption.status != ACTIVE:
             continue
         after = _situation(session, disruption, run.limit)
         told_delay = disruption.details.get("told_delay_minutes", before[1])
@@ -391,8 +390,8 @@ def _situation(session: Session, disruption: Disruption, limit: int) -> tuple:
 
 
 def _live_on_sailing(session: Session, sailing_id: int) -> list[Disruption]:
-    return list(session.scalars(select(Disruption).where(Disruption.sailing_id == sailing_id,
-                                                         Disruption.status.in_(LIVE)).order_by(Disruption.id)))
+    return list(session.scalars(select(Disruption).where(
+        Disruption.sailing_id == sailing_id, Disruption.status.in_(LIVE_DISRUPTION)).order_by(Disruption.id)))
 
 
 def _was_told(session: Session, disruption: Disruption) -> bool:
@@ -403,47 +402,47 @@ def _was_told(session: Session, disruption: Disruption) -> bool:
 def _withdraw_pending(session: Session, disruption: Disruption, now: datetime) -> int:
     # Notices not yet sent about something no longer true are withdrawn, never sent late.
     result = session.execute(update(Notification).where(Notification.disruption_id == disruption.id,
-                                                        Notification.status.in_(PENDING))
-                             .values(status="cancelled", final_at=now, error_message="disruption "
+                                                        Notification.status.in_(UNSENT))
+                             .values(status=CANCELLED, final_at=now, error_message="disruption "
                                      f"{disruption.status}").execution_options(synchronize_session=False))
     return result.rowcount or 0
 
 
 def _release_offers(session: Session, disruption: Disruption) -> None:
     # release_many locks the capacity rows in a fixed order, so it cannot deadlock with a customer's choice.
-    held = list(session.scalars(select(Offer).where(Offer.disruption_id == disruption.id, Offer.status == "held")))
+    held = list(session.scalars(select(Offer).where(Offer.disruption_id == disruption.id, Offer.status == HELD)))
     release_many(session, held, "released")
 
 
 def _update_sailing(session: Session, sailing_id: int, now: datetime) -> None:
     sailing = session.get(Sailing, sailing_id)
-    if sailing.status == "departed":
+    if sailing.status == DEPARTED:
         return
-    active = {d.kind: d for d in _live_on_sailing(session, sailing_id) if d.status == "active"}
+    active = {d.kind: d for d in _live_on_sailing(session, sailing_id) if d.status == ACTIVE}
     if "cancelled" in active:
-        sailing.status, sailing.estimated_departure, sailing.estimated_arrival = "cancelled", None, None
+        sailing.status, sailing.estimated_departure, sailing.estimated_arrival = CANCELLED, None, None
     elif "delayed" in active:
         delay = timedelta(minutes=active["delayed"].delay_minutes or 0)
-        sailing.status = "delayed"
+        sailing.status = DELAYED
         sailing.estimated_departure = sailing.scheduled_departure + delay
         sailing.estimated_arrival = sailing.scheduled_arrival + delay
-    elif sailing.status == "delayed" or (sailing.status == "cancelled" and sailing.scheduled_departure > now):
+    elif sailing.status == DELAYED or (sailing.status == CANCELLED and sailing.scheduled_departure > now):
         # A cancelled sailing whose time passed while it was cancelled did not sail: it stays cancelled.
-        sailing.status, sailing.estimated_departure, sailing.estimated_arrival = "scheduled", None, None
+        sailing.status, sailing.estimated_departure, sailing.estimated_arrival = SCHEDULED, None, None
 
 
 def _resumption(session: Session, disruption: Disruption, now: datetime) -> dict[str, Any] | None:
     """The sailing customers can take once it is over: their own if it is still to come, else the next one."""
     sailing = session.get(Sailing, disruption.sailing_id)
-    still_cancelled = any(d.kind == "cancelled" and d.status == "active" for d in _live_on_sailing(session, sailing.id))
+    still_cancelled = any(d.kind == "cancelled" and d.status == ACTIVE for d in _live_on_sailing(session, sailing.id))
     if sailing.scheduled_departure > now and not still_cancelled:
         return {"operates": True, "sailing_id": sailing.id, "code": sailing.code,
                 "departure": sailing.scheduled_departure.isoformat()}
-    blocked = select(Disruption.sailing_id).where(Disruption.status == "active",
+    blocked = select(Disruption.sailing_id).where(Disruption.status == ACTIVE,
                                                   Disruption.kind.in_(("cancelled", "port_omitted")))
     following = session.scalar(select(Sailing).where(
         Sailing.route_id == sailing.route_id, Sailing.id != sailing.id, Sailing.scheduled_departure >= now,
-        Sailing.status == "scheduled", Sailing.id.not_in(blocked)).order_by(Sailing.scheduled_departure).limit(1))
+        Sailing.status == SCHEDULED, Sailing.id.not_in(blocked)).order_by(Sailing.scheduled_departure).limit(1))
     if following is None:
         return None
     return {"operates": False, "sailing_id": following.id, "code": following.code,

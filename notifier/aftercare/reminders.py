@@ -36,12 +36,10 @@ from notifier.store.models import (Booking, Customer, CustomerResponse, Disrupti
                                    Sailing, utcnow)
 from notifier.delivery.optouts import opted_out_pairs
 from notifier import outbox
+from notifier.store.status import ACTIVE, CANCELLED, CONFIRMED, LOST, OFFER_TAKEABLE, REACHED
 
 TEMPLATE = "reminder"
 CHOOSABLE = ("rebook", "standby", "refund")
-OPEN_OFFER = ("open", "held", "expired")  # an expired hold can still be taken while places are free
-TOLD = ("sent", "delivered")
-FAILED = ("failed", "undelivered", "expired", "suppressed")
 NOTICE_PURPOSES = ("notice", "fallback")
 OTHER_CHANNEL = {"sms": "email", "email": "sms"}
 CHUNK = 500  # due reminders per transaction
@@ -71,9 +69,9 @@ def _unanswered_offers(lead: timedelta | None, now: datetime):  # noqa: ANN202
     query = (select(Offer.booking_id, Offer.disruption_id, deadline.label("deadline"))
              .join(Disruption, and_(Disruption.id == Offer.disruption_id, Disruption.revision == Offer.revision))
              .join(Booking, Booking.id == Offer.booking_id)
-             .where(Disruption.status == "active", Booking.status == "confirmed",
+             .where(Disruption.status == ACTIVE, Booking.status == CONFIRMED,
                     Booking.sailing_id == Disruption.sailing_id, Offer.kind.in_(CHOOSABLE),
-                    Offer.status.in_(OPEN_OFFER), Offer.deadline.is_not(None), ~decided)
+                    Offer.status.in_(OFFER_TAKEABLE), Offer.deadline.is_not(None), ~decided)
              .group_by(Offer.booking_id, Offer.disruption_id)
              .having(deadline > now))
     return query if lead is None else query.having(deadline <= now + lead)
@@ -169,7 +167,7 @@ def _notices_of(session: Session, booking_ids: list[int], disruption_ids: list[i
                                    .where(Notification.booking_id.in_(page),
                                           Notification.disruption_id.in_(disruption_ids),
                                           Notification.purpose.in_(NOTICE_PURPOSES),
-                                          Notification.status != "cancelled")):
+                                          Notification.status != CANCELLED)):
             # A booking of the chunk may have notices of another of the chunk's disruptions: not this pair's.
             if (row.booking_id, row.disruption_id) in pairs:
                 notices.setdefault((row.booking_id, row.disruption_id), []).append(row)
@@ -219,7 +217,7 @@ def choose_address(customer: Customer, notices: list[Any], now: datetime, settin
     """The (channel, address) for the reminder, given the booking's notices (channel, status, sent_at), or None:
     no notice told yet, told too recently, every channel failed, or the address opted out."""
     preferred = [c for c in customer.channels or [] if c in OTHER_CHANNEL]
-    told = [n for n in notices if n.status in TOLD]
+    told = [n for n in notices if n.status in REACHED]
     if told:
         last = max((n.sent_at for n in told if n.sent_at), default=None)
         if last is not None and now - last < timedelta(minutes=settings.min_notice_interval_minutes):
@@ -227,7 +225,7 @@ def choose_address(customer: Customer, notices: list[Any], now: datetime, settin
         channels = {n.channel for n in told}
         channel = next((c for c in preferred if c in channels), sorted(channels)[0])
     else:
-        failed = {n.channel for n in notices} - {n.channel for n in notices if n.status not in FAILED}
+        failed = {n.channel for n in notices} - {n.channel for n in notices if n.status not in LOST}
         if not failed or len(failed) < len({n.channel for n in notices}):
             return None  # still on its way somewhere: wait for it
         others = [OTHER_CHANNEL[c] for c in failed if OTHER_CHANNEL.get(c) not in failed]

@@ -27,6 +27,7 @@ from notifier.store import audit
 from notifier.errors import UsageError
 from notifier.store.db import transaction
 from notifier.store.models import Booking, Customer, CustomerResponse, FollowUp, Notification, Sailing, utcnow
+from notifier.store.status import DONE
 
 FINISHED = ("sent", "delivered", "undelivered", "failed", "suppressed", "expired", "cancelled")
 PURGED_KEY = "purged:"
@@ -105,7 +106,7 @@ def _targets(cutoff: datetime) -> list[tuple[Any, Any]]:
         (Notification, and_(Notification.created_at < cutoff, Notification.status.in_(FINISHED),
                             Notification.purpose != "ops", ~Notification.dedup_key.startswith(PURGED_KEY))),
         (CustomerResponse, and_(CustomerResponse.received_at < cutoff, CustomerResponse.raw_text.is_not(None))),
-        (FollowUp, and_(FollowUp.status == "done", FollowUp.done_at < cutoff, FollowUp.note.is_not(None))),
+        (FollowUp, and_(FollowUp.status == DONE, FollowUp.done_at < cutoff, FollowUp.note.is_not(None))),
     ]
 
 

@@ -50,11 +50,10 @@ from notifier.store.models import (Booking, Customer, CustomerResponse, Disrupti
 from notifier.delivery.optouts import opted_out_pairs
 from notifier import outbox
 from notifier.store.bulk import bulk_insert
+from notifier.store.status import CLEARED, DONE, REACHED, REFUSED
 
 TEMPLATE = "satisfaction"
 OFFER_KINDS = ("cancelled", "delayed", "port_omitted")
-TOLD = ("sent", "delivered")
-FAILED = ("failed", "undelivered")
 CHUNK = 500  # settlements asked per transaction
 REQUEST_COLUMNS = ("customer_id", "booking_id", "disruption_id", "sailing_id", "channel")
 SCORES = (1, 2, 3, 4, 5)
@@ -170,8 +169,8 @@ def _loose_followups(session: Session, booking_ids: set[int]) -> dict[int, list[
 
 def _settle(booking_id: int, disruption: Disruption, items: list[FollowUp], decision: tuple[str, datetime] | None,
             deadline: datetime | None, now: datetime) -> Settlement:
-    done = [i.done_at for i in items if i.status == "done" and i.done_at]
-    settlement = Settlement(booking_id, disruption.id, open_followups=sum(1 for i in items if i.status != "done"),
+    done = [i.done_at for i in items if i.status == DONE and i.done_at]
+    settlement = Settlement(booking_id, disruption.id, open_followups=sum(1 for i in items if i.status != DONE),
                             person=bool(done) or (decision is not None and decision[0] == "agent"))
     if settlement.open_followups:
         return settlement
@@ -184,7 +183,7 @@ def _settle(booking_id: int, disruption: Disruption, items: list[FollowUp], deci
     elif deadline is not None and deadline <= now and (disruption.cleared_at is None
                                                        or deadline <= disruption.cleared_at):
         settlement.settled_at, settlement.by = deadline, "deadline"
-    elif disruption.status == "cleared":
+    elif disruption.status == CLEARED:
         # Once a disruption is over its offers close: nothing is left to choose.
         settlement.settled_at, settlement.by = disruption.cleared_at, "resumed"
     if settlement.settled_at is not None and done:
@@ -229,7 +228,7 @@ def loop_figures(session: Session, disruption_ids: list[int], now: datetime | No
 def resolved_disruptions(session: Session, now: datetime) -> dict[int, list[Settlement]]:
     """Recently cleared disruptions (of kinds that offered choices) whose every booking is settled."""
     candidates = list(session.scalars(select(Disruption.id).where(
-        Disruption.status == "cleared", Disruption.cleared_at >= now - CLEARED_LOOKBACK,
+        Disruption.status == CLEARED, Disruption.cleared_at >= now - CLEARED_LOOKBACK,
         Disruption.kind.in_(OFFER_KINDS)).order_by(Disruption.id)))
     if not candidates:
         return {}
@@ -403,8 +402,8 @@ def choose_channel(customer: Customer, outcomes: list[tuple[str, str]], stops: s
     """A channel that reached this customer about the booking before, given its notifications' (channel, status):
     one that never failed for it first, then their preferred one; None when nothing reached them or the address
     opted out. `address_of` is `fallback.contact`, or a chunk's memo of it."""
-    reached = {channel for channel, status in outcomes if status in TOLD}
-    failed = {channel for channel, status in outcomes if status in FAILED}
+    reached = {channel for channel, status in outcomes if status in REACHED}
+    failed = {channel for channel, status in outcomes if status in REFUSED}
     preferred = [c for c in customer.channels or [] if c in reached]
     for channel in sorted(preferred, key=lambda c: (c in failed, preferred.index(c))):
         address = address_of(customer, channel)

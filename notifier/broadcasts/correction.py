@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.broadcasts.manual import (TOLD, NothingToSend, broadcast_of, clean_reason, count_notices,
+from notifier.broadcasts.manual import (NothingToSend, broadcast_of, clean_reason, count_notices,
                                         require_operator, require_recipients, single_transaction, template_for)
 from notifier.messages import render
 from notifier.planning.notices import SailingFacts, dedup_key, notice_context, sailing_facts
@@ -19,6 +19,7 @@ from notifier import outbox
 from notifier.store.db import transaction
 from notifier.store.models import Booking, Broadcast, Customer, Disruption, Notification, utcnow
 from notifier.store.settings import Settings
+from notifier.store.status import HELD, PLANNING, TOLD
 
 
 def correct(factory: sessionmaker[Session], original_id: int, operator: str, settings: Settings,
@@ -35,7 +36,7 @@ def correct(factory: sessionmaker[Session], original_id: int, operator: str, set
             if not count_notices(session, original_id, TOLD):
                 raise NothingToSend(f"broadcast #{original_id} has told nobody yet: nothing to correct "
                                     f"(to stop it, `notifier broadcast cancel {original_id}`)")
-            correction = Broadcast(origin="manual", status="planning", kind="correction", template=template,
+            correction = Broadcast(origin="manual", status=PLANNING, kind="correction", template=template,
                                    channels=list(original.channels), audience=original.audience, reason=reason,
                                    target={"mode": "correction", "corrects": original_id,
                                            "disruption_ids": list(original.target.get("disruption_ids", []))},
@@ -96,7 +97,7 @@ def _plan_correction_chunk(session: Session, correction_id: int, original_id: in
                        "recipient": told.recipient, "language": rendered.language, "template": template,
                        "purpose": "correction", "subject": rendered.subject, "body_text": rendered.body_text,
                        "body_html": rendered.body_html, "segments": rendered.segments, "safety_critical": True,
-                       "status": "held", "priority": told.priority, "attempts": 0, "created_at": utcnow()})
+                       "status": HELD, "priority": told.priority, "attempts": 0, "created_at": utcnow()})
     result.bookings += len({row["booking_id"] for row in values})
     if values:
         inserted = outbox.add(session, values, columns=None)

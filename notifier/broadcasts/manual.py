@@ -34,10 +34,10 @@ from notifier.store.db import transaction
 from notifier.store.models import Broadcast, Disruption, Notification, Offer, Port, Route, Sailing, Vessel, utcnow
 from notifier.store.paths import templates_dir
 from notifier.store.settings import Settings
+from notifier.store.status import (ACTIVE, APPROVED, AWAITING_APPROVAL, CANCELLED, DEPARTED, DONE, HELD, PAUSED,
+                                   PLANNING, QUEUED, SENDING, SUPERSEDED, TOLD, UNSENT)
 
 MANUAL_KINDS = ("cancelled", "delayed", "advisory", "resumed")
-TOLD = ("sending", "sent", "delivered")
-UNSENT = ("held", "queued")
 REASON_MAX_CHARS = 480
 MANUAL_RULE = "manual"
 MANUAL_POLICY = {"cancelled": ("rebook", "refund_full")}
@@ -199,7 +199,7 @@ def _record_manual(session: Session, request: BroadcastRequest, now: datetime) -
     if not disruptions:
         raise NothingToSend("nothing to send: " + "; ".join(f"{s['sailing']} {s['reason']}" for s in skipped[:5]))
     ids = [d.id for d in disruptions]
-    broadcast = Broadcast(origin="manual", status="planning", kind=kind, template=template,
+    broadcast = Broadcast(origin="manual", status=PLANNING, kind=kind, template=template,
                           channels=list(request.channels), audience=request.audience, reason=request.reason,
                           target={**target, "disruption_ids": ids, "opened": opened},
                           needs_approval=bool(request.reason), created_by=request.operator,
@@ -306,7 +306,7 @@ def _disruptions_for(session: Session, sailings: list[Sailing], request: Broadca
                      now: datetime) -> tuple[list[Disruption], list[int], list[dict[str, str]]]:
     chosen, opened, skipped = [], [], []
     for sailing in sailings:
-        if sailing.status == "departed" or sailing.scheduled_departure < now - DEPARTED_GRACE:
+        if sailing.status == DEPARTED or sailing.scheduled_departure < now - DEPARTED_GRACE:
             skipped.append({"sailing": sailing.code, "reason": "has already departed"})
             continue
         disruption, why_not, is_new = _disruption_for(session, sailing, request, now)
@@ -322,8 +322,8 @@ def _disruptions_for(session: Session, sailings: list[Sailing], request: Broadca
 def _disruption_for(session: Session, sailing: Sailing, request: BroadcastRequest,
                     now: datetime) -> tuple[Disruption | None, str, bool]:
     live = list(session.scalars(select(Disruption).where(Disruption.sailing_id == sailing.id,
-                                                         Disruption.status.in_(("active", "superseded")))))
-    active = {d.kind: d for d in live if d.status == "active"}
+                                                         Disruption.status.in_((ACTIVE, SUPERSEDED)))))
+    active = {d.kind: d for d in live if d.status == ACTIVE}
     if request.kind == "advisory" and active:
         # Free text about a sailing that already has a disruption belongs to that disruption (its reports).
         return max(active.values(), key=lambda d: strength(d.kind)), "", False
@@ -390,13 +390,13 @@ def approve(factory: sessionmaker[Session], broadcast_id: int, operator: str, no
     operator, now = require_operator(operator), now or utcnow()
     with transaction(factory) as session:
         broadcast = broadcast_of(session, broadcast_id)
-        if broadcast.status != "awaiting_approval":
+        if broadcast.status != AWAITING_APPROVAL:
             raise NotifierError(f"broadcast #{broadcast_id} is {broadcast.status.replace('_', ' ')}: "
                                 "nothing to approve")
         if operator.casefold() == broadcast.created_by.casefold():
             raise ApprovalNeeded(f"broadcast #{broadcast_id} was created by {broadcast.created_by}; "
                                  "a different operator must approve it")
-        broadcast.status, broadcast.approved_by, broadcast.approved_at = "approved", operator, now
+        broadcast.status, broadcast.approved_by, broadcast.approved_at = APPROVED, operator, now
         audit.record(session, operator, "broadcast.approved", "broadcast", broadcast_id,
                      created_by=broadcast.created_by, messages=broadcast.recipient_count)
 
@@ -407,17 +407,17 @@ def send(factory: sessionmaker[Session], broadcast_id: int, operator: str, now: 
     operator = require_operator(operator)
     with transaction(factory) as session:
         broadcast = broadcast_of(session, broadcast_id)
-        if broadcast.status == "awaiting_approval":
+        if broadcast.status == AWAITING_APPROVAL:
             raise ApprovalNeeded(f"broadcast #{broadcast_id} needs approval first: another operator runs "
                                  f"`notifier broadcast approve {broadcast_id} --operator NAME`")
-        if broadcast.status in ("cancelled", "done", "planning"):
+        if broadcast.status in (CANCELLED, DONE, PLANNING):
             raise NotifierError(f"broadcast #{broadcast_id} is {broadcast.status}: nothing to send")
-        if broadcast.status in ("sending", "paused"):
+        if broadcast.status in (SENDING, PAUSED):
             return 0
         released = session.execute(
-            update(Notification).where(Notification.broadcast_id == broadcast_id, Notification.status == "held")
-            .values(status="queued", next_attempt_at=None).execution_options(synchronize_session=False)).rowcount
-        broadcast.status = "sending"
+            update(Notification).where(Notification.broadcast_id == broadcast_id, Notification.status == HELD)
+            .values(status=QUEUED, next_attempt_at=None).execution_options(synchronize_session=False)).rowcount
+        broadcast.status = SENDING
         audit.record(session, operator, "broadcast.sent", "broadcast", broadcast_id, released=released,
                      approved_by=broadcast.approved_by)
         return released
@@ -461,15 +461,15 @@ def cancel(factory: sessionmaker[Session], broadcast_id: int, operator: str,
     operator, now = require_operator(operator), now or utcnow()
     with transaction(factory) as session:
         broadcast = broadcast_of(session, broadcast_id)
-        if broadcast.status in ("cancelled", "done"):
+        if broadcast.status in (CANCELLED, DONE):
             hint = f"; to correct what was said use `notifier broadcast correct {broadcast_id}`" \
-                if broadcast.status == "done" else ""
+                if broadcast.status == DONE else ""
             raise NotifierError(f"broadcast #{broadcast_id} is {broadcast.status}: nothing to cancel{hint}")
         cancelled = session.execute(
             update(Notification).where(Notification.broadcast_id == broadcast_id, Notification.status.in_(UNSENT))
-            .values(status="cancelled", final_at=now, error_message=f"broadcast cancelled by {operator}")
+            .values(status=CANCELLED, final_at=now, error_message=f"broadcast cancelled by {operator}")
             .execution_options(synchronize_session=False)).rowcount
-        broadcast.status = "cancelled"
+        broadcast.status = CANCELLED
         session.flush()
         result = CancelResult(cancelled=cancelled, told=count_notices(session, broadcast_id, TOLD),
                               holds_released=_release_untold_holds(session, broadcast),
@@ -488,7 +488,7 @@ def count_notices(session: Session, broadcast_id: int, statuses: tuple[str, ...]
 def _live_elsewhere(broadcast_id: int, disruption_ids: list[int]):  # noqa: ANN202
     """Bookings another broadcast is telling (or told) about the same disruptions."""
     return select(Notification.booking_id).where(
-        Notification.disruption_id.in_(disruption_ids), Notification.status != "cancelled",
+        Notification.disruption_id.in_(disruption_ids), Notification.status != CANCELLED,
         or_(Notification.broadcast_id.is_(None), Notification.broadcast_id != broadcast_id))
 
 
@@ -498,7 +498,7 @@ def _release_untold_holds(session: Session, broadcast: Broadcast) -> int:
                                                  Notification.status.in_(TOLD))
     ours = select(Notification.booking_id).where(Notification.broadcast_id == broadcast.id)
     offers = session.scalars(select(Offer).join(Disruption, Disruption.id == Offer.disruption_id).where(
-        Offer.disruption_id.in_(disruption_ids), Offer.revision == Disruption.revision, Offer.status == "held",
+        Offer.disruption_id.in_(disruption_ids), Offer.revision == Disruption.revision, Offer.status == HELD,
         Offer.booking_id.in_(ours), Offer.booking_id.not_in(told),
         Offer.booking_id.not_in(_live_elsewhere(broadcast.id, disruption_ids))))
     return sum(1 for offer in list(offers) if release(session, offer, "released"))
@@ -510,7 +510,7 @@ def _clear_unannounced(session: Session, broadcast: Broadcast, now: datetime, op
         disruption = session.get(Disruption, disruption_id)
         anyone_told = session.scalar(select(func.count()).select_from(Notification).where(
             Notification.disruption_id == disruption_id, Notification.status.in_(TOLD)))
-        if disruption.status == "active" and not anyone_told:
+        if disruption.status == ACTIVE and not anyone_told:
             clear(session, disruption, now, operator)  # gives its held places back too
             cleared.append(disruption_id)
     return cleared

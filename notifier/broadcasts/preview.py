@@ -20,6 +20,7 @@ from notifier.store import audit
 from notifier.store.db import transaction
 from notifier.store.models import Broadcast, Customer, Disruption, Notification, Offer, Port, Sailing, utcnow
 from notifier.store.settings import Settings
+from notifier.store.status import ACCEPTED, CANCELLED, DONE, HELD, QUEUED, SENDING
 
 
 @dataclass
@@ -101,7 +102,7 @@ def _unreached(session: Session, broadcast: Broadcast, disruption_ids: list[int]
     told = set()
     for start in range(0, len(ids), 500):
         told |= set(session.scalars(select(Notification.booking_id).where(
-            Notification.booking_id.in_(sorted(ids)[start:start + 500]), Notification.status != "cancelled",
+            Notification.booking_id.in_(sorted(ids)[start:start + 500]), Notification.status != CANCELLED,
             or_(Notification.broadcast_id == broadcast.id, Notification.disruption_id.in_(disruption_ids)))))
     reasons: dict[str, list[str]] = {}
     for u in missing:
@@ -167,12 +168,12 @@ def _offers_summary(session: Session, disruption_ids: list[int]) -> dict[str, An
         select(Sailing.code, Sailing.scheduled_departure, Port.timezone, func.sum(offers.c.places),
                func.count(func.distinct(offers.c.booking_id)))
         .join(Sailing, Sailing.id == offers.c.sailing_id).join(Port, Port.id == Sailing.origin_port_id)
-        .where(offers.c.kind == "rebook", offers.c.status.in_(("held", "accepted")))
+        .where(offers.c.kind == "rebook", offers.c.status.in_((HELD, ACCEPTED)))
         .group_by(Sailing.code, Sailing.scheduled_departure, Port.timezone)
         .order_by(Sailing.scheduled_departure)).all()
     with_offers = session.scalar(select(func.count(func.distinct(offers.c.booking_id)))) or 0
     with_place = session.scalar(select(func.count(func.distinct(offers.c.booking_id))).where(
-        offers.c.kind == "rebook", offers.c.status.in_(("held", "accepted")))) or 0
+        offers.c.kind == "rebook", offers.c.status.in_((HELD, ACCEPTED)))) or 0
     refunds = session.scalar(select(func.count()).select_from(offers).where(offers.c.kind == "refund")) or 0
     return {"offers_held": [{"code": code, "departure": local_time(departure, zone, "en", "yyyy-MM-dd HH:mm"),
                              "places": int(places or 0), "bookings": bookings}
@@ -231,13 +232,13 @@ def progress(factory: sessionmaker[Session], broadcast_id: int, now: datetime | 
 
 def finish_sent_broadcasts(factory: sessionmaker[Session]) -> list[int]:
     """Mark "done" every sending broadcast with nothing left to send; returns their ids."""
-    remaining = select(Notification.broadcast_id).where(Notification.status.in_(("held", "queued", "sending")),
+    remaining = select(Notification.broadcast_id).where(Notification.status.in_((HELD, QUEUED, SENDING)),
                                                         Notification.broadcast_id.is_not(None))
     with transaction(factory) as session:
-        finished = list(session.scalars(select(Broadcast).where(Broadcast.status == "sending",
+        finished = list(session.scalars(select(Broadcast).where(Broadcast.status == SENDING,
                                                                 Broadcast.id.not_in(remaining))))
         for broadcast in finished:
-            broadcast.status = "done"
+            broadcast.status = DONE
             audit.record(session, "dispatcher", "broadcast.done", "broadcast", broadcast.id,
                          messages=broadcast.recipient_count)
         return [b.id for b in finished]

@@ -6,6 +6,7 @@ import click
 
 from notifier.commands.common import IsoTime, ROW_ID, confirmed, echo_lines, open_database, operator_option, \
     settings_from
+from notifier.store.status import APPROVED, AWAITING_APPROVAL
 
 
 @click.group()
@@ -55,7 +56,7 @@ def broadcast_create(ctx: click.Context, sailings: tuple[str, ...], route: str |
     broadcast_id = manual.create_manual(factory, request, settings)
     preview = previews.preview(factory, broadcast_id, settings)
     echo_lines(preview_lines(preview, settings))
-    if preview.broadcast.status == "awaiting_approval":
+    if preview.broadcast.status == AWAITING_APPROVAL:
         click.echo(f"Broadcast #{broadcast_id} is held until approved; nothing has been sent.")
         return
     send_now = confirmed(f"Send broadcast #{broadcast_id} ({preview.broadcast.recipient_count} messages) now?", yes)
@@ -111,7 +112,7 @@ def broadcast_send(ctx: click.Context, broadcast_id: int, operator: str | None, 
     operator = manual.require_operator(operator or settings.operator)
     factory = open_database(settings)
     preview = previews.preview(factory, broadcast_id, settings)
-    if preview.broadcast.status == "approved" and not confirmed(
+    if preview.broadcast.status == APPROVED and not confirmed(
             f"Send broadcast #{broadcast_id}: {preview.broadcast.recipient_count} messages, "
             f"{preview.sms_segments} SMS segments (about {settings.sms_price_currency} {preview.sms_cost})?", yes):
         click.echo(f"Not sent. Broadcast #{broadcast_id} stays held.")

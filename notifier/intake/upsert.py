@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from notifier.store.models import SailingCapacity
+from notifier.store.status import CONFIRMED
 
 # Statuses only notifier sets (a customer's choice was carried out): an import never overwrites them.
 DECIDED_HERE = ("rebooked", "refund")
@@ -34,7 +35,7 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], key: tupl
 
 def occupied(booking: Any) -> Counter:
     """(sailing id, space class) -> places a booking row takes while confirmed (as planning.offers.needs counts)."""
-    if booking["status"] != "confirmed":
+    if booking["status"] != CONFIRMED:
         return Counter()
     places = booking["teu"] if booking["kind"] == "cargo" else booking["party_size"]
     sailing = booking["sailing_id"]

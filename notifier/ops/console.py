@@ -30,8 +30,8 @@ from notifier.store.models import utcnow
 from notifier.aftercare.reminders import preview_reminders
 from notifier.ops.polling import PollResult
 from notifier.rules.model import RuleSet
+from notifier.store.status import BROADCAST_AT_REST
 
-SETTLED = ("done", "cancelled", "paused", "awaiting_approval", "approved")
 
 
 def when(moment: datetime | None) -> str:
@@ -235,7 +235,7 @@ def follow(factory: sessionmaker[Session], broadcast_id: int, settings: Settings
                 current = progress(factory, broadcast_id)
                 bar.update(task, total=max(current.total, 1), completed=current.total - current.remaining,
                            **_fields(current))
-                if current.status in SETTLED or (sender is not None and not sender.is_alive()
+                if current.status in BROADCAST_AT_REST or (sender is not None and not sender.is_alive()
                                                  and current.remaining and current.status != "sending"):
                     break
                 if sender is not None and not sender.is_alive() and not current.remaining:

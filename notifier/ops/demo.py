@@ -24,6 +24,7 @@ from notifier.store import audit
 from notifier.store.models import AuditEntry, Booking, Customer, Port, Route, Sailing, SailingCapacity, Vessel
 from notifier.store.paths import demo_data_dir
 from notifier.store.settings import Settings
+from notifier.store.status import CONFIRMED, SCHEDULED
 
 BUNDLED_FEED = "typhoon_qiongzhou.xml"
 # Links in demo notices need a signing key; the demo has no credentials, so it uses this published one unless
@@ -174,7 +175,7 @@ def _cargo_sailings(session: Session, ports: dict[str, Port], epoch: datetime) -
             rows.append({"code": f"{code}-{departure:%Y%m%d}", "route_id": route.id, "vessel_id": vessel.id,
                          "voyage": f"{640 + week}E", "origin_port_id": route.origin_port_id,
                          "destination_port_id": route.destination_port_id, "scheduled_departure": departure,
-                         "scheduled_arrival": departure + timedelta(hours=hours), "status": "scheduled"})
+                         "scheduled_arrival": departure + timedelta(hours=hours), "status": SCHEDULED})
         slots += _insert_sailings(session, rows, "cargo", {"teu": 2000, "reefer": 150},
                                   {"teu": (Decimal("1150.00"), "USD")})
     return slots
@@ -250,7 +251,7 @@ def _booking(number: int, slot: _SailingSlot, rng: random.Random) -> dict | None
                 "teu": teu, "reefer_plugs": reefer, "dangerous_goods": rng.random() < 0.1,
                 "shipper": rng.choice(SHIPPERS), "cutoffs": {"DCO": (slot.departure - timedelta(hours=48)).isoformat(),
                                              "FCO": (slot.departure - timedelta(hours=24)).isoformat()},
-                "fare_paid": price * teu, "currency": currency, "status": "confirmed"}
+                "fare_paid": price * teu, "currency": currency, "status": CONFIRMED}
     space = "business" if rng.random() < 0.1 else "economy"
     party = rng.choice([1, 1, 1, 2, 2, 3, 4])
     vehicles = 1 if "vehicle" in slot.classes and rng.random() < 0.08 else 0
@@ -260,7 +261,7 @@ def _booking(number: int, slot: _SailingSlot, rng: random.Random) -> dict | None
     return {"ref": f"T{number:07d}", "kind": "passenger", "customer_ref": f"C{number:07d}", "sailing_id": slot.id,
             "space_class": space, "party_size": party, "vehicles": vehicles,
             "accessibility_needs": rng.random() < 0.03, "fare_paid": price * party, "currency": currency,
-            "status": "confirmed", "cutoffs": {}}
+            "status": CONFIRMED, "cutoffs": {}}
 
 
 def _take(slot: _SailingSlot, wanted: dict[str, int]) -> bool:

@@ -33,9 +33,10 @@ from notifier.planning.plan import create_automatic, pending_broadcasts, plan_br
 from notifier.planning.chunk_plan import PlanResult
 from notifier.store.settings import Settings
 from notifier.ops.quarantine import Quarantined, quarantine_broadcast, quarantine_item
-from notifier.store.status import ITEM_NEW, ITEM_PROCESSED
+from notifier.store.status import (ACTIVE, CANCELLED, CLEARED, CONFIRMED, DEPARTED, DONE, NEW, PROCESSED, SUPERSEDED,
+                                   TOLD, UNSENT)
 from notifier.store.db import insert_ignore, transaction
-from notifier.disruptions import PENDING, TOLD, Outcome, expire, lineage_keys, reconcile, source_key, withdraw
+from notifier.disruptions import Outcome, expire, lineage_keys, reconcile, source_key, withdraw
 from notifier.rules.entitlements import Situation, entitlements_for
 from notifier.feeds import Observation
 from notifier.store.models import (Booking, Broadcast, Customer, Disruption, DisruptionSource, FeedItem, Notification,
@@ -87,7 +88,7 @@ def ingest(factory: sessionmaker[Session], observations: list[Observation]) -> I
             row = {"source": observation.source or observation.format, "external_id": observation.external_id,
                    "version": observation.version, "format": observation.format, "kind": observation.kind,
                    "msg_type": observation.msg_type, "references": observation.references,
-                   "observation": observation.to_json(), "received_at": utcnow(), "status": "new"}
+                   "observation": observation.to_json(), "received_at": utcnow(), "status": NEW}
             inserted = session.execute(insert_ignore(FeedItem.__table__, session), [row]).rowcount
             if inserted:
                 result.new_item_ids.append(session.scalar(select(FeedItem.id).where(
@@ -126,7 +127,7 @@ def load_network(session: Session, now: datetime, zone_table: dict[str, list[str
                Sailing.scheduled_departure, Sailing.scheduled_arrival, Route.code, Vessel.imo, Sailing.voyage,
                Sailing.gtfs_trip_id, Route.gtfs_route_id, Route.kind, Route.jurisdiction)
         .join(Route, Route.id == Sailing.route_id).outerjoin(Vessel, Vessel.id == Sailing.vessel_id)
-        .where(Sailing.scheduled_departure >= now - PAST_HORIZON, Sailing.status != "departed")).all()
+        .where(Sailing.scheduled_departure >= now - PAST_HORIZON, Sailing.status != DEPARTED)).all()
     return Network(ports, [SailingRef(*row) for row in rows])
 
 
@@ -141,7 +142,7 @@ def process_new_items(factory: sessionmaker[Session], rules: list[Rule] | RuleSe
     result = ProcessResult()
     zone_table = read_zone_table(settings.zone_codes_file) if settings and settings.zone_codes_file else None
     with factory() as session:
-        item_ids = list(session.scalars(select(FeedItem.id).where(FeedItem.status == ITEM_NEW).order_by(FeedItem.id)))
+        item_ids = list(session.scalars(select(FeedItem.id).where(FeedItem.status == NEW).order_by(FeedItem.id)))
         network = load_network(session, now, zone_table) if item_ids else None
     for item_id in item_ids:
         try:
@@ -174,7 +175,7 @@ def _process_item(session: Session, item: FeedItem, rules: tuple[Rule, ...], net
     result.disruptions_changed += outcome.opened + outcome.promoted + outcome.revised
     result.disruptions_cleared += outcome.cleared
     result.broadcast_ids += announce(session, outcome)
-    item.status, item.processed_at = ITEM_PROCESSED, now
+    item.status, item.processed_at = PROCESSED, now
     audit.record(session, "rules", "feed_item.processed", "feed_item", item.id, source=item.source,
                  external_id=item.external_id, opened=len(outcome.opened), revised=len(outcome.revised),
                  cleared=len(outcome.cleared), superseded=len(outcome.superseded))
@@ -185,7 +186,7 @@ def announce(session: Session, outcome: Outcome) -> list[int]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for disruption_id in outcome.opened + outcome.promoted:
         disruption = session.get(Disruption, disruption_id)
-        if disruption.status == "active":
+        if disruption.status == ACTIVE:
             groups[_group(disruption, disruption.notify.get("template", disruption.kind), disruption.kind)].append(
                 disruption_id)
     for disruption_id in outcome.revised:
@@ -248,7 +249,7 @@ def _prune_target(factory: sessionmaker[Session], broadcast_id: int, now: dateti
         broadcast.target = {**broadcast.target, "disruption_ids": kept,
                             "dropped": sorted(set(ids) - set(kept))}
         if not kept:
-            broadcast.status = "done"
+            broadcast.status = DONE
             audit.record(session, "rules", "broadcast.obsolete", "broadcast", broadcast_id, dropped=ids)
             return None, broadcast.kind
         return broadcast.origin, broadcast.kind
@@ -256,10 +257,10 @@ def _prune_target(factory: sessionmaker[Session], broadcast_id: int, now: dateti
 
 def _still_true(session: Session, disruption: Disruption, kind: str) -> bool:
     if kind != "resumed":
-        return disruption.status == "active"
+        return disruption.status == ACTIVE
     active_now = session.scalar(select(Disruption.id).where(Disruption.sailing_id == disruption.sailing_id,
-                                                            Disruption.status == "active").limit(1))
-    return disruption.status == "cleared" and active_now is None
+                                                            Disruption.status == ACTIVE).limit(1))
+    return disruption.status == CLEARED and active_now is None
 
 
 def _after_planning(factory: sessionmaker[Session], broadcast_id: int, settings: Settings, now: datetime,
@@ -280,10 +281,10 @@ def _withdraw_older(session: Session, broadcast_id: int, now: datetime) -> None:
     old, new = aliased(Notification), aliased(Notification)
     stale = (select(old.id).join(Broadcast, Broadcast.id == old.broadcast_id)
              .join(new, (new.booking_id == old.booking_id) & (new.channel == old.channel))
-             .where(new.broadcast_id == broadcast_id, new.status.in_(PENDING), old.broadcast_id < broadcast_id,
-                    old.status.in_(PENDING), old.purpose == "notice", Broadcast.origin == "automatic"))
+             .where(new.broadcast_id == broadcast_id, new.status.in_(UNSENT), old.broadcast_id < broadcast_id,
+                    old.status.in_(UNSENT), old.purpose == "notice", Broadcast.origin == "automatic"))
     session.execute(update(Notification).where(Notification.id.in_(stale))
-                    .values(status="cancelled", final_at=now, error_message="replaced by a newer notice")
+                    .values(status=CANCELLED, final_at=now, error_message="replaced by a newer notice")
                     .execution_options(synchronize_session=False))
 
 
@@ -298,7 +299,7 @@ def _space_out(session: Session, broadcast_id: int, settings: Settings, now: dat
     recent = dict(((booking_id, channel), told_at) for booking_id, channel, told_at in session.execute(
         select(told.booking_id, told.channel, last_told)
         .join(fresh, (fresh.booking_id == told.booking_id) & (fresh.channel == told.channel))
-        .where(fresh.broadcast_id == broadcast_id, fresh.status.in_(PENDING), told.purpose == "notice",
+        .where(fresh.broadcast_id == broadcast_id, fresh.status.in_(UNSENT), told.purpose == "notice",
                told.status.in_(TOLD))
         .group_by(told.booking_id, told.channel).having(last_told > now - interval)))
     if not recent:
@@ -307,7 +308,7 @@ def _space_out(session: Session, broadcast_id: int, settings: Settings, now: dat
         select(Notification, Sailing.scheduled_departure, Route.jurisdiction, Disruption.kind)
         .join(Disruption, Disruption.id == Notification.disruption_id)
         .join(Sailing, Sailing.id == Disruption.sailing_id).join(Route, Route.id == Sailing.route_id)
-        .where(Notification.broadcast_id == broadcast_id, Notification.status.in_(PENDING),
+        .where(Notification.broadcast_id == broadcast_id, Notification.status.in_(UNSENT),
                Notification.booking_id.in_(sorted({booking_id for booking_id, _ in recent})))).all()
     for notification, departure, jurisdiction, kind in rows:
         told_at = recent.get((notification.booking_id, notification.channel))
@@ -355,7 +356,7 @@ def _cancel_note(session: Session, observation: Observation) -> str:
                            observation.references)
     live = session.scalars(select(Disruption.id).join(DisruptionSource, DisruptionSource.disruption_id == Disruption.id)
                            .where(DisruptionSource.source_key.in_(sorted(lineage)),
-                                  Disruption.status.in_(("active", "superseded")))).all()
+                                  Disruption.status.in_((ACTIVE, SUPERSEDED)))).all()
     return (f"Cancel of {', '.join(sorted(observation.references)) or observation.external_id}: would clear "
             f"{len(set(live))} live disruption(s) it raised (customers who were told get the all-clear)")
 
@@ -369,7 +370,7 @@ def _reach(session: Session, network: Network, match: Match, decisive: set[tuple
     stops, by_channel, unreachable = opted_out(session), Counter(), set()
     for start in range(0, len(sailing_ids), 500):
         rows = session.execute(select(Booking, Customer).join(Customer, Customer.id == Booking.customer_id).where(
-            Booking.sailing_id.in_(sailing_ids[start:start + 500]), Booking.status == "confirmed",
+            Booking.sailing_id.in_(sailing_ids[start:start + 500]), Booking.status == CONFIRMED,
             Booking.kind.in_(AUDIENCE_KINDS.get(audience, AUDIENCE_KINDS["all"])))).all()
         for booking, customer in rows:
             reach.bookings += 1

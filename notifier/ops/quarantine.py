@@ -19,7 +19,7 @@ from notifier.errors import UsageError, escape_unprintable
 from notifier.store import audit
 from notifier.store.db import transaction
 from notifier.store.models import Broadcast, FeedError, FeedItem
-from notifier.store.status import BROADCAST_FAILED, ITEM_FAILED, ITEM_NEW, PLANNING
+from notifier.store.status import FAILED, NEW, PLANNING
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def quarantine_item(factory: sessionmaker[Session], item_id: int, stage: str, ex
     reason = reason_of(exc)
     with transaction(factory) as session:
         item = session.get(FeedItem, item_id)
-        item.status, item.error, item.processed_at = ITEM_FAILED, f"{stage}: {reason}", now
+        item.status, item.error, item.processed_at = FAILED, f"{stage}: {reason}", now
         session.add(FeedError(source=item.source, at=now,
                               message=f"item {item.id} ({escape_unprintable(item.external_id)[:120]}) "
                                       f"quarantined at {stage}: {reason}"))
@@ -67,7 +67,7 @@ def quarantine_broadcast(factory: sessionmaker[Session], broadcast_id: int, exc:
     reason = reason_of(exc)
     with transaction(factory) as session:
         broadcast = session.get(Broadcast, broadcast_id)
-        broadcast.status, broadcast.error = BROADCAST_FAILED, f"planning: {reason}"
+        broadcast.status, broadcast.error = FAILED, f"planning: {reason}"
         session.add(FeedError(source="planning", at=now,
                               message=f"broadcast #{broadcast_id} quarantined at planning: {reason}"))
         audit.record(session, "rules", "broadcast.quarantined", "broadcast", broadcast_id, reason=reason)
@@ -82,7 +82,7 @@ def retry_broadcast(factory: sessionmaker[Session], broadcast_id: int, operator:
 
 def retry_item(factory: sessionmaker[Session], item_id: int, operator: str) -> FeedItem:
     """Put a quarantined item back in the queue (the next pipeline run takes it first, as the oldest)."""
-    return _released(factory, FeedItem, item_id, operator, {"status": ITEM_NEW, "processed_at": None})
+    return _released(factory, FeedItem, item_id, operator, {"status": NEW, "processed_at": None})
 
 
 RETRIED = {Broadcast: ("broadcast", "broadcast"), FeedItem: ("feed item", "feed_item")}
@@ -96,7 +96,7 @@ def _released(factory: sessionmaker[Session], kind: type[Broadcast] | type[FeedI
         row = session.get(kind, row_id)
         if row is None:
             raise UsageError(f"no {name} #{row_id}")
-        if row.status != ITEM_FAILED:
+        if row.status != FAILED:
             raise UsageError(f"{name} #{row_id} is {row.status}, not quarantined: nothing to retry")
         audit.record(session, operator, f"{subject}.retried", subject, row.id, previous_error=row.error)
         for column, value in {**back, "error": None}.items():
@@ -108,14 +108,14 @@ def _released(factory: sessionmaker[Session], kind: type[Broadcast] | type[FeedI
 
 def quarantined_by_source(session: Session) -> dict[str, int]:
     """How many items of each feed are quarantined now."""
-    rows = session.execute(select(FeedItem.source, func.count()).where(FeedItem.status == ITEM_FAILED)
+    rows = session.execute(select(FeedItem.source, func.count()).where(FeedItem.status == FAILED)
                            .group_by(FeedItem.source))
     return {source: count for source, count in rows}
 
 
 def quarantined_broadcasts(session: Session, limit: int = 50) -> list[Broadcast]:
     """The newest broadcasts whose planning failed."""
-    return list(session.scalars(select(Broadcast).where(Broadcast.status == BROADCAST_FAILED)
+    return list(session.scalars(select(Broadcast).where(Broadcast.status == FAILED)
                                 .order_by(Broadcast.id.desc()).limit(limit)))
 
 
@@ -142,5 +142,5 @@ def quarantined_webhook_bodies(session: Session, since: datetime) -> list[FeedEr
 
 def quarantined_items(session: Session, limit: int = 50) -> list[FeedItem]:
     """The newest quarantined items, for `feeds list` and `watch --status`."""
-    return list(session.scalars(select(FeedItem).where(FeedItem.status == ITEM_FAILED)
+    return list(session.scalars(select(FeedItem).where(FeedItem.status == FAILED)
                                 .order_by(FeedItem.id.desc()).limit(limit)))

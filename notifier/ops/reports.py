@@ -27,13 +27,11 @@ from notifier.store.models import (AuditEntry, Booking, Customer, CustomerRespon
 from notifier.store.paths import templates_dir
 from notifier.privacy import mask_address, mask_email, mask_name, mask_phone, redact
 from notifier.aftercare.satisfaction import loop_figures
+from notifier.store.status import CANCELLED, DELIVERED, IN_FLIGHT, LOST, REACHED
 
 TOLD_WITHIN_MINUTES = (5, 15, 30)
 EU_DUTY = timedelta(minutes=30)
 EU_DUTY_KINDS = ("cancelled", "delayed")
-FAILED = ("failed", "undelivered", "expired", "suppressed")
-PENDING = ("held", "queued", "sending")
-SENT = ("sent", "delivered")
 
 
 # --- per-disruption figures ---------------------------------------------------------------------------------------
@@ -152,7 +150,7 @@ def _fill(session: Session, figures: dict[int, DisruptionFigures], now: datetime
         _count_status(figures[disruption_id], status, count)
     for disruption_id, code, message, count in session.execute(
             select(Notification.disruption_id, Notification.error_code, Notification.error_message, func.count())
-            .where(*notices, Notification.status.in_(FAILED))
+            .where(*notices, Notification.status.in_(LOST))
             .group_by(Notification.disruption_id, Notification.error_code, Notification.error_message)):
         reason = failure_reason(code, message)
         figures[disruption_id].failed_by_reason[reason] = figures[disruption_id].failed_by_reason.get(reason, 0) + count
@@ -173,15 +171,15 @@ def _fill(session: Session, figures: dict[int, DisruptionFigures], now: datetime
 
 def _count_status(figure: DisruptionFigures, status: str, count: int) -> None:
     figure.notices += count
-    if status in SENT:
+    if status in REACHED:
         figure.sent += count
-    if status == "delivered":
+    if status == DELIVERED:
         figure.delivered += count
-    elif status in FAILED:
+    elif status in LOST:
         figure.failed += count
-    elif status in PENDING:
+    elif status in IN_FLIGHT:
         figure.pending += count
-    elif status == "cancelled":
+    elif status == CANCELLED:
         figure.cancelled += count
 
 
@@ -367,7 +365,7 @@ def _booking_notices(session: Session, booking_id: int) -> list[dict[str, Any]]:
              "disruption_id": n.disruption_id, "revision": n.revision, "channel": n.channel,
              "to": mask_address(n.channel, n.recipient), "template": n.template, "purpose": n.purpose,
              "status": n.status, "sent_at": n.sent_at, "delivered_at": n.delivered_at,
-             "error": failure_reason(n.error_code, n.error_message) if n.status in FAILED else ""} for n in rows]
+             "error": failure_reason(n.error_code, n.error_message) if n.status in LOST else ""} for n in rows]
 
 
 def _booking_offers(session: Session, booking_id: int) -> list[dict[str, Any]]:

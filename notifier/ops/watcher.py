@@ -41,6 +41,7 @@ from notifier import outbox
 from notifier.store.db import insert_ignore, is_postgres, make_engine, require_schema, session_factory, transaction
 from notifier.store.models import (Broadcast, Disruption, FeedItem, Lock, Notification, Sailing, WatcherHeartbeat,
                                    utcnow)
+from notifier.store.status import AWAITING_APPROVAL, PLANNING, QUEUED
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def queue_ops_email(session: Session, settings: Settings, key: str, subject: str
         return False
     row = {"dedup_key": f"ops:{key}", "channel": "email", "recipient": settings.ops_email, "language": "en",
            "template": "ops", "purpose": "ops", "subject": subject, "body_text": body, "body_html": None,
-           "segments": 0, "safety_critical": False, "status": "queued", "priority": 0, "attempts": 0,
+           "segments": 0, "safety_critical": False, "status": QUEUED, "priority": 0, "attempts": 0,
            "revision": 0, "created_at": utcnow()}
     return bool(outbox.add(session, [row], columns=None))
 
@@ -171,7 +172,7 @@ def queue_broadcast_summaries(factory: sessionmaker[Session], settings: Settings
         summarised = set(session.scalars(select(Notification.dedup_key).where(
             Notification.purpose == "ops", Notification.dedup_key.like("ops:broadcast:%"))))
         for broadcast in session.scalars(select(Broadcast).where(
-                Broadcast.origin == "automatic", Broadcast.status != "planning",
+                Broadcast.origin == "automatic", Broadcast.status != PLANNING,
                 Broadcast.created_at >= now - SUMMARY_LOOKBACK).order_by(Broadcast.id)).all():
             key = f"broadcast:{broadcast.id}"
             if f"ops:{key}" in summarised:
@@ -200,7 +201,7 @@ def broadcast_summary(session: Session, broadcast: Broadcast, settings: Settings
              f"Bookings without a usable contact on some channel: {len(facts.get('unreachable', []))}", "",
              f"Preview:  notifier broadcast preview {broadcast.id}",
              f"Approve:  notifier broadcast approve {broadcast.id} --operator NAME"
-             if broadcast.status == "awaiting_approval" else f"Progress: notifier broadcast status {broadcast.id}",
+             if broadcast.status == AWAITING_APPROVAL else f"Progress: notifier broadcast status {broadcast.id}",
              f"Stop:     notifier broadcast cancel {broadcast.id} --operator NAME"]
     return subject, "\n".join(line for line in lines if line is not None) + "\n"
 

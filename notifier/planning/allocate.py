@@ -29,6 +29,7 @@ from notifier.store.bulk import PAGE, bulk_insert, rows_where_in
 from notifier.store.db import pages
 from notifier.store.models import Offer, SailingCapacity, utcnow
 from notifier.store.settings import Settings
+from notifier.store.status import HELD
 
 ALLOCATION_ATTEMPTS = 3
 OFFER_COLUMNS = ("booking_id", "disruption_id", "revision", "option_key", "kind", "sailing_id", "space_class",
@@ -105,7 +106,7 @@ def _earlier_holds(session: Session, work: list[tuple[SailingPlan, list[BookingR
     earlier: dict[tuple[int, int], list[Offer]] = {}
     for page in pages(ids, PAGE):
         for offer in session.scalars(select(Offer).where(
-                Offer.booking_id.in_(page), Offer.disruption_id.in_(list(revised)), Offer.status == "held")
+                Offer.booking_id.in_(page), Offer.disruption_id.in_(list(revised)), Offer.status == HELD)
                 .order_by(Offer.id)):
             if offer.revision < revised[offer.disruption_id]:
                 earlier.setdefault((offer.booking_id, offer.disruption_id), []).append(offer)

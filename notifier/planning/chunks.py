@@ -22,6 +22,7 @@ from notifier.planning.shapes import ShapeBook
 from notifier.store.bulk import read_where_in
 from notifier.store.models import Booking, Broadcast, Customer, Disruption, Port, Route, Sailing, Vessel
 from notifier.store.settings import Settings
+from notifier.store.status import ACTIVE, CONFIRMED
 
 # Bookings per planning transaction: the first chunk is small so the first notices are dispatchable at once,
 # then chunks grow to the largest size asked for (planning.plan.MAX_CHUNK; see ChunkSizes).
@@ -143,7 +144,7 @@ class SailingPlans:
         with self.factory() as session:
             return session.scalar(select(func.count()).select_from(Booking).where(
                 Booking.sailing_id.in_({sailing.id for _, sailing in self.rows.values()}),
-                Booking.status == "confirmed", Booking.kind.in_(self.kinds))) or 0
+                Booking.status == CONFIRMED, Booking.kind.in_(self.kinds))) or 0
 
     def plan(self, disruption_id: int) -> SailingPlan | None:
         """The plan of one disrupted sailing (None when it is already planned and no longer active)."""
@@ -153,7 +154,7 @@ class SailingPlans:
 
     def _make(self, disruption_id: int) -> SailingPlan | None:
         disruption, sailing = self.rows[disruption_id]
-        if disruption.planned_revision >= disruption.revision and disruption.status != "active":
+        if disruption.planned_revision >= disruption.revision and disruption.status != ACTIVE:
             return None
         with self.factory() as session:
             candidates = self._candidates(session, disruption, sailing)

@@ -22,6 +22,7 @@ from notifier.store.capacity import Candidate, candidates_for
 from notifier.rules.entitlements import notice_lines
 from notifier.store.models import Booking, Customer, Disruption, Offer, Port, Route, Sailing
 from notifier.store.settings import Settings
+from notifier.store.status import HELD
 
 CAUSE_WORDS = {"en": {"weather": "severe weather", "port_closure": "a port closure", "strike": "industrial action",
                       "technical": "a technical fault", "schedule": "a schedule change",
@@ -131,7 +132,7 @@ def offer_values(facts: SailingFacts, offers: list[Offer], language: str, deadli
     for offer in offers:
         if offer.kind in {"rebook", "standby"} and offer.sailing_id in by_id:
             candidate = by_id[offer.sailing_id]
-            alternatives.append({"key": offer.option_key, "code": candidate.code, "held": offer.status == "held",
+            alternatives.append({"key": offer.option_key, "code": candidate.code, "held": offer.status == HELD,
                                  "departure": _cached(facts, f"dep{candidate.sailing_id}", language,
                                                       lambda c=candidate: local_time(c.departure, tz, language))})
     refund = next((o for o in offers if o.kind == "refund"), None)

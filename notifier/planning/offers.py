@@ -14,6 +14,7 @@ from notifier.rules import entitlements
 from notifier.store.capacity import CANCELLING_KINDS, Candidate, hold, lock_capacity, release_many
 from notifier.store.models import Booking, Disruption, Offer, utcnow
 from notifier.store.settings import ConfigError, Settings
+from notifier.store.status import HELD
 
 REFUND_KEY = "R"
 COMPENSATION_KEY = "C"
@@ -114,14 +115,14 @@ def _money_offer(booking: Booking, disruption: Disruption, key: str, kind: str, 
 def _release_earlier_revisions(session: Session, booking_id: int, disruption: Disruption) -> None:
     earlier = session.scalars(select(Offer).where(Offer.booking_id == booking_id,
                                                   Offer.disruption_id == disruption.id,
-                                                  Offer.revision < disruption.revision, Offer.status == "held"))
+                                                  Offer.revision < disruption.revision, Offer.status == HELD))
     release_many(session, list(earlier), "superseded")
 
 
 def expire_holds(session: Session, now: datetime | None = None) -> int:
     """Release holds whose time is up (run by the watcher); returns how many."""
     now = now or utcnow()
-    expired = list(session.scalars(select(Offer).where(and_(Offer.status == "held", Offer.hold_expires_at < now))))
+    expired = list(session.scalars(select(Offer).where(and_(Offer.status == HELD, Offer.hold_expires_at < now))))
     return release_many(session, expired, "expired")
 
 

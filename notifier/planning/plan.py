@@ -37,6 +37,7 @@ from notifier.store import audit
 from notifier.store.db import transaction
 from notifier.store.models import Booking, Broadcast, Disruption, Notification, utcnow
 from notifier.store.settings import Settings
+from notifier.store.status import CONFIRMED, PLANNING
 
 MAX_CHUNK = 2000  # bookings in the largest planning transaction
 
@@ -44,7 +45,7 @@ MAX_CHUNK = 2000  # bookings in the largest planning transaction
 def create_automatic(session: Session, disruption_ids: list[int], template: str, channels: list[str],
                      audience: str, kind: str) -> Broadcast:
     """Record the broadcast a rule fired; it is planned by `plan_broadcast`."""
-    broadcast = Broadcast(origin="automatic", status="planning", kind=kind, template=template, channels=channels,
+    broadcast = Broadcast(origin="automatic", status=PLANNING, kind=kind, template=template, channels=channels,
                           audience=audience, target={"disruption_ids": disruption_ids}, created_by="rules")
     session.add(broadcast)
     session.flush()
@@ -54,7 +55,7 @@ def create_automatic(session: Session, disruption_ids: list[int], template: str,
 
 def pending_broadcasts(session: Session) -> list[int]:
     """Broadcasts whose planning has not finished (new, or interrupted by a crash)."""
-    return list(session.scalars(select(Broadcast.id).where(Broadcast.status == "planning").order_by(Broadcast.id)))
+    return list(session.scalars(select(Broadcast.id).where(Broadcast.status == PLANNING).order_by(Broadcast.id)))
 
 
 def plan_broadcast(factory: sessionmaker[Session], broadcast_id: int, settings: Settings,
@@ -98,9 +99,9 @@ def record_planned(session: Session, broadcast_id: int, result: PlanResult, sett
     broadcast.recipient_count = session.scalar(
         select(func.count()).select_from(Notification).where(Notification.broadcast_id == broadcast_id))
     broadcast.preview = preview_facts(broadcast.preview, result)
-    if broadcast.status == "planning" and broadcast.origin == "manual":
+    if broadcast.status == PLANNING and broadcast.origin == "manual":
         decide_manual_approval(broadcast, settings)
-    elif broadcast.status == "planning":
+    elif broadcast.status == PLANNING:
         broadcast.status = "awaiting_approval" if needs_approval else "sending"
     audit.record(session, broadcast.created_by, "broadcast.planned", "broadcast", broadcast_id,
                  notifications=result.notifications, unreachable=len(result.unreachable), status=broadcast.status)
@@ -125,7 +126,7 @@ def _needs_approval(session: Session, broadcast: Broadcast, disruption_ids: list
     kinds = AUDIENCE_KINDS.get(broadcast.audience, AUDIENCE_KINDS["all"])
     sailing_ids = select(Disruption.sailing_id).where(Disruption.id.in_(disruption_ids))
     count = session.scalar(select(func.count()).select_from(Booking).where(
-        Booking.sailing_id.in_(sailing_ids), Booking.status == "confirmed", Booking.kind.in_(kinds)))
+        Booking.sailing_id.in_(sailing_ids), Booking.status == CONFIRMED, Booking.kind.in_(kinds)))
     return count > min(limits)
 
 

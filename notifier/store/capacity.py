@@ -20,6 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from notifier.store.db import is_postgres
 from notifier.store.models import Disruption, Offer, Route, Sailing, SailingCapacity
+from notifier.store.status import ACTIVE, SCHEDULED
 
 CANCELLING_KINDS = ("cancelled", "port_omitted")
 
@@ -43,12 +44,12 @@ def candidates_for(session: Session, disruption: Disruption, limit: int = 20) ->
     after = max(filter(None, [disruption.window_end, sailing.scheduled_departure]))
     same_ports = select(Route.id).where(Route.origin_port_id == sailing.origin_port_id,
                                         Route.destination_port_id == sailing.destination_port_id)
-    disrupted = exists().where(Disruption.sailing_id == Sailing.id, Disruption.status == "active",
+    disrupted = exists().where(Disruption.sailing_id == Sailing.id, Disruption.status == ACTIVE,
                                Disruption.kind.in_(CANCELLING_KINDS))
     rows = session.execute(
         select(Sailing.id, Sailing.code, Sailing.scheduled_departure, Sailing.scheduled_arrival, Sailing.route_id,
                Sailing.dangerous_goods_accepted)
-        .where(Sailing.id != sailing.id, Sailing.status == "scheduled", Sailing.scheduled_departure >= after,
+        .where(Sailing.id != sailing.id, Sailing.status == SCHEDULED, Sailing.scheduled_departure >= after,
                Sailing.origin_port_id == sailing.origin_port_id,
                Sailing.destination_port_id == sailing.destination_port_id,
                Sailing.route_id.in_(same_ports), ~disrupted)

@@ -26,7 +26,7 @@ from notifier.rules.load import load_rules
 from notifier.store.models import AuditEntry, FeedError, FeedItem, Notification
 from notifier.store.paths import rules_dir
 from notifier.store.settings import FeedSource
-from notifier.store.status import ITEM_FAILED, ITEM_NEW, ITEM_PROCESSED
+from notifier.store.status import FAILED, NEW, PROCESSED
 
 STRAIT = "19.80,109.60 19.80,110.90 20.60,110.90 20.60,109.60 19.80,109.60"
 HONG_KONG_MACAU = "22.05,113.45 22.05,114.35 22.45,114.35 22.45,113.45 22.05,113.45"
@@ -71,8 +71,8 @@ def test_poison_feed_item_does_not_block_the_typhoon_warning_after_it(factory, d
     second = run_pipeline(factory, tmp_settings, rules, demo_db.epoch + timedelta(minutes=1))
 
     statuses = item_statuses(factory)
-    assert statuses["poison-9999"] in (ITEM_PROCESSED, ITEM_FAILED)  # never left `new`, blocking the queue
-    assert statuses["CN-HI-TY-2026-0914-0600"] == ITEM_PROCESSED
+    assert statuses["poison-9999"] in (PROCESSED, FAILED)  # never left `new`, blocking the queue
+    assert statuses["CN-HI-TY-2026-0914-0600"] == PROCESSED
     assert first["notifications_planned"] > 0 and told(factory) > 0
     assert second["items"] == 0 and second["quarantined"] == []  # a quarantined item is not retried every tick
 
@@ -93,7 +93,7 @@ def test_an_item_a_stage_fails_on_is_quarantined_with_its_reason(factory, demo_d
     monkeypatch.setattr(pipeline, "evaluate", evaluate)
     done = run_pipeline(factory, tmp_settings, rules, demo_db.epoch)
 
-    assert item_statuses(factory) == {"bad-one": ITEM_FAILED, "CN-HI-TY-2026-0914-0600": ITEM_PROCESSED}
+    assert item_statuses(factory) == {"bad-one": FAILED, "CN-HI-TY-2026-0914-0600": PROCESSED}
     assert done["notifications_planned"] > 0 and len(done["quarantined"]) == 1
     with factory() as session:
         item = session.scalar(select(FeedItem).where(FeedItem.external_id == "bad-one"))
@@ -112,9 +112,9 @@ def test_an_item_a_stage_fails_on_is_quarantined_with_its_reason(factory, demo_d
 
     monkeypatch.setattr(pipeline, "evaluate", real_evaluate)  # the cause is fixed
     retry_item(factory, item.id, "alice")
-    assert item_statuses(factory)["bad-one"] == ITEM_NEW
+    assert item_statuses(factory)["bad-one"] == NEW
     again = run_pipeline(factory, tmp_settings, rules, demo_db.epoch + timedelta(minutes=5))
-    assert again["items"] == 1 and item_statuses(factory)["bad-one"] == ITEM_PROCESSED
+    assert again["items"] == 1 and item_statuses(factory)["bad-one"] == PROCESSED
 
 
 YEARS = st.sampled_from(["0001", "0002", "1970", "2026", "9998", "9999"])
@@ -161,7 +161,7 @@ def test_extreme_cap_messages_never_block_the_pipeline(factory, demo_db, tmp_set
     done = run_pipeline(factory, tmp_settings, rules, demo_db.epoch)  # raises nothing, whatever the item holds
     assert done["quarantined"] == []  # and no stage failed on it: the rules are total over valid times
     with factory() as session:
-        assert session.scalar(select(func.count()).select_from(FeedItem).where(FeedItem.status == ITEM_NEW)) == 0
+        assert session.scalar(select(func.count()).select_from(FeedItem).where(FeedItem.status == NEW)) == 0
 
 
 def test_the_cli_lists_a_quarantined_item_and_retries_it(factory, demo_db, tmp_settings, monkeypatch):
@@ -185,7 +185,7 @@ def test_the_cli_lists_a_quarantined_item_and_retries_it(factory, demo_db, tmp_s
     assert listed.exit_code == 0 and f"#{item_id}" in listed.output and "ZeroDivisionError" in listed.output
     assert status.exit_code == 0 and "quarantined feed items: 1" in status.output
     assert retried.exit_code == 0 and "queued again" in retried.output
-    assert item_statuses(factory)["bad-one"] == ITEM_NEW
+    assert item_statuses(factory)["bad-one"] == NEW
     assert again.exit_code == 2 and "not quarantined" in again.stderr
 
 
