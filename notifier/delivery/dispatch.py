@@ -43,6 +43,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.channels.base import Channel, Message, SendResult, cost
+from notifier.delivery.breaker import Breaker
 from notifier.delivery.claims import claim, to_message
 from notifier.delivery.leases import owner_is_gone, worker_id
 from notifier.delivery.optouts import may_send
@@ -96,6 +97,8 @@ class Dispatcher:
         may_send(False, True, settings.safety_critical_opt_out)  # refuses an unknown policy now, not mid-run
         self.pacers = {kind: Pacer(channel.rate_per_second) for kind, channel in channels.items()
                        if channel.rate_per_second}
+        self.breakers = {kind: Breaker(kind, channel.name, settings.retry_base_seconds, settings.retry_cap_seconds,
+                                       clock) for kind, channel in channels.items()}
         self.pools = {kind: ThreadPoolExecutor(max(1, settings.dispatch_threads), f"dispatch-{kind}")
                       for kind in channels}
         self.capacity = {kind: self._capacity(kind) for kind in channels}
@@ -170,7 +173,7 @@ class Dispatcher:
         moment = monotonic()
         return {kind: self.capacity[kind] - self.in_flight[kind] for kind in self.channels
                 if self.capacity[kind] - self.in_flight[kind] >= max(1, self.capacity[kind] // 2)
-                and self._dry_until.get(kind, 0.0) <= moment}
+                and self._dry_until.get(kind, 0.0) <= moment and self.breakers[kind].may_claim()}
 
     def _collect(self, poll: float) -> list[_Done]:
         # While nothing can be claimed, wait for results, and gather a few so that one transaction records many.
@@ -191,6 +194,8 @@ class Dispatcher:
     def _step(self, done: list[_Done]) -> int:
         for item in done:
             self.in_flight[item.kind] -= 1
+            if item.op == "send":
+                self.breakers[item.kind].record(item.result)
             if item.op == "reconcile" or item.result is None or item.result.status == "retry":
                 self._dry_until.pop(item.kind, None)  # rows may be due again at once
         room = self._claimable()
@@ -217,11 +222,15 @@ class Dispatcher:
                 for item in others:
                     self._apply(session, rows[item.message.notification_id], item, now, taken)
             for kind, free in room.items():
+                free = self.breakers[kind].room(free)  # one probe while half-open
                 claimed = claim(session, self.owner, free, self.settings.lease_seconds, now, self.settings, [kind],
-                                self.stats)
+                                self.stats) if free else []
                 if len(claimed) < free:
+                    self.breakers[kind].probe_unused()
                     self._dry_until[kind] = monotonic() + max(0.05, self.settings.dispatch_poll_seconds)
                 work += [(to_message(n, self.settings, now), n.lease_expires_at, n.attempts) for n in claimed]
+            for breaker in self.breakers.values():
+                breaker.save(session)
         return work
 
     def _with_database(self, unit: Callable[..., Any], *args: object) -> Any:

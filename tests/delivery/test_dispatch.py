@@ -262,19 +262,6 @@ def test_a_temporary_email_refusal_is_retried_until_the_relay_takes_it(factory, 
     assert len(relay.to(EMAIL)) == 1
 
 
-def test_a_notice_that_keeps_failing_gives_up_after_max_attempts(factory, settings, twilio_standin, relay):
-    twilio_standin.add_fault(Fault(status=429, code=20429, times=None))
-    with transaction(factory) as session:
-        queue_notice(session, add_customer(session), "sms", "Sailing cancelled.")
-    deliver(factory, dataclasses.replace(settings, max_attempts=3))
-
-    sms, fallback = rows(factory)
-    assert (sms.status, sms.attempts) == ("failed", 3)
-    assert "gave up after 3 attempts" in sms.error_message
-    assert fallback.status == "sent" and len(relay.to(EMAIL)) == 1
-    assert twilio_standin.messages == []
-
-
 # --- what must not go out ------------------------------------------------------------------------------------------
 
 def test_stale_notices_expire_instead_of_going_out_late(factory, settings, twilio_standin):
