@@ -25,6 +25,8 @@ def dispatch(ctx: click.Context, once: bool) -> None:
     require_database_file(settings)
     stats = serve(settings, once, announce)
     click.echo(stats.summary())
+    for line in stats.waiting:  # --once: what it could not act on, and why
+        click.echo(f"still waiting: {line}")
 
 
 @click.command()

@@ -47,6 +47,7 @@ class DispatchStats:
     suppressed: int = 0
     fallbacks: int = 0
     by_channel: dict[str, int] = field(default_factory=dict)
+    waiting: list[str] = field(default_factory=list)  # after a drain: what is still queued or sending, and why
 
     def summary(self) -> str:
         """One line for the CLI."""

@@ -427,8 +427,10 @@ def test_a_live_lease_is_left_alone(factory, settings, twilio_standin):
     with transaction(factory) as session:
         notice = queue_notice(session, add_customer(session), "sms", "Sailing cancelled.")
     abandon_mid_send(factory, [notice.id], seconds_ago=-60)  # another worker holds it for one more minute
-    dispatch_all(factory, settings, channels_for(settings))
+    stats = dispatch_all(factory, settings, channels_for(settings))
     assert rows(factory)[0].status == "sending" and twilio_standin.messages == []
+    [why] = stats.waiting  # what `dispatch --once` says is left, and why
+    assert why.startswith("1 sending under another dispatcher's live lease")
 
 
 # --- pacing and scale-out ------------------------------------------------------------------------------------------
