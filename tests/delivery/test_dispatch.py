@@ -310,9 +310,25 @@ def test_opted_out_numbers_follow_the_safety_critical_policy(factory, settings, 
         session.add(OptOut(channel="sms", address=PHONE, source="sms_stop"))
     deliver(factory, dataclasses.replace(settings, safety_critical_opt_out=policy))
 
-    [notice] = rows(factory)
+    notice = rows(factory)[0]
     assert notice.status == ("sent" if sent else "suppressed")
     assert len(twilio_standin.messages) == (1 if sent else 0)
+
+
+def test_a_customer_who_said_stop_after_planning_gets_the_notice_by_email(factory, settings, twilio_standin, relay):
+    with transaction(factory) as session:
+        queue_notice(session, add_customer(session), "sms", "Typhoon: your sailing is cancelled.")
+        queue_notice(session, add_customer(session, phone="+8613800138009", email=None), "sms", "Cancelled.")
+        session.add_all([OptOut(channel="sms", address=PHONE, source="sms_stop"),
+                         OptOut(channel="sms", address="+8613800138009", source="sms_stop")])
+    stats = deliver(factory, settings)
+
+    stopped, no_email, email = rows(factory)
+    assert (stopped.status, no_email.status) == ("suppressed", "suppressed")  # the second: a follow-up item
+    assert (email.channel, email.purpose, email.status) == ("email", "fallback", "sent")
+    [received] = relay.to(EMAIL)
+    assert "Typhoon: your sailing is cancelled." in received.get_body(("plain",)).get_content()
+    assert twilio_standin.messages == [] and stats.fallbacks == 1
 
 
 def test_a_customer_who_no_longer_accepts_sms_gets_none(factory, settings, twilio_standin):
