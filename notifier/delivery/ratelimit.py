@@ -7,7 +7,10 @@ Carriers and Twilio count in sliding windows and filter or answer 429 on bursts,
   between our clock and the provider's arrival times) leave room for it. Slots that fell due together after a
   stall (a slow thread, a paused process, a database round) are spread out again instead of going in one burst,
   and a new pacer starts with its window full, so a dispatcher restarted right after one was killed cannot add
-  its own second's worth to the killed one's.
+  its own second's worth to the killed one's;
+- stalls: a send counted in the window may reach the provider only after a stall (the process was frozen between
+  our count and its request), so when a waiting thread wakes more than STALL_SECONDS late, every send of the
+  window is counted again from that moment.
 A provider's Retry-After pauses the sender: every slot not yet used is taken again after the pause.
 
 Several dispatch processes on one sender (PostgreSQL scale-out) each take a fixed share of the rate
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from notifier.store.settings import ConfigError, Settings
 
 WINDOW_SECONDS = 1.03  # the provider's one-second window, plus the jitter of arrival times at the provider
+STALL_SECONDS = 0.1  # a thread that wakes this much later than it asked to was stalled
 
 
 class Pacer:
@@ -88,18 +92,31 @@ class Pacer:
             self._next = max(self._next, self._paused_until)
             self._pauses += 1
 
+    def stalled(self, now: float | None = None) -> None:
+        """We were stalled: sends counted before it may reach the provider only now, so count them from now."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            self._sent = deque((max(moment, now), used) for moment, used in self._sent)
+
     def acquire(self, cost: float, stop: threading.Event | None = None) -> bool:
         """Wait for a slot and for room in the window; False when `stop` was set while waiting (nothing may be
         sent then)."""
         while True:
             start, generation = self.reserve(cost)
-            if not _wait(start - self._clock(), stop):
+            if not self._wait_until(start, stop):
                 return False
             while (wait := self.admit(cost, generation)) is not None:
                 if wait <= 0:
                     return True
-                if not _wait(wait, stop):
+                if not self._wait_until(self._clock() + wait, stop):
                     return False
+
+    def _wait_until(self, moment: float, stop: threading.Event | None) -> bool:
+        if not _wait(moment - self._clock(), stop):
+            return False
+        if (now := self._clock()) - moment > STALL_SECONDS:
+            self.stalled(now)
+        return True
 
 
 def _wait(seconds: float, stop: threading.Event | None) -> bool:

@@ -117,3 +117,15 @@ def test_per_sender_rates_and_worker_share(tmp_settings):
 def test_a_malformed_sender_rate_is_a_clear_config_error(entry):
     with pytest.raises(ConfigError, match="SENDER=SEGMENTS_PER_SECOND"):
         parse_sender_rates([entry])
+
+
+def test_sends_counted_before_a_stall_are_counted_again_from_its_end():
+    clock = [10.0]
+    pacer = Pacer(4.0, clock=lambda: clock[0])
+    clock[0] = 12.0  # the start window is over
+    for _ in range(4):
+        assert pacer.admit(1, pacer.reserve(1)[1]) == 0.0  # counted at 12.0 ...
+    clock[0] = 12.7
+    pacer.stalled()  # ... but the process was frozen before the requests went out: they arrive from 12.7
+    clock[0] = 13.2
+    assert pacer.admit(1, pacer.reserve(1)[1]) == pytest.approx(12.7 + 1.03 - 13.2)

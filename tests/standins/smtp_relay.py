@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -63,6 +64,7 @@ class _Handler:
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.relay.lock:
             self.relay.received.append((envelope.mail_from, list(envelope.rcpt_tos), message))
+            self.relay.arrivals.append(time.monotonic())
         return "250 Message accepted for delivery"
 
 
@@ -74,6 +76,7 @@ class Relay:
         self.answers = dict(answers or {})
         self.latency = latency
         self.received: list[tuple[str, list[str], EmailMessage]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each accepted message (the benchmark's throughput)
         self.greetings = 0  # EHLOs seen: one per connection (two with STARTTLS)
         self.lock = threading.Lock()
         self.port = free_port()
