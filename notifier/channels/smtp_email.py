@@ -1,6 +1,7 @@
 """Email through an SMTP relay with smtplib: a pool of connections (one per dispatch thread, SmtpConfig.pool_size),
-each reused across messages and reopened when the relay drops it or answers with an error; SSL or STARTTLS and login as configured; multipart text + HTML with Message-ID and List-Unsubscribe
-(`build_email`, shared with the file channel).
+each reused across messages and reopened when the relay drops it or answers with an error; SSL or STARTTLS and
+login as configured; multipart text + HTML with Message-ID and List-Unsubscribe (`build_email`, shared with the
+file channel).
 
 A 4xx answer (greylisting, mailbox busy, relay overloaded) is retried later; a 5xx answer (no such mailbox,
 relay refuses) is permanent, except the relay's "STARTTLS / login required" (530, 534, 535, 538), which is about

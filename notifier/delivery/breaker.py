@@ -49,7 +49,8 @@ class Breaker:
     def __init__(self, channel: str, provider: str, base_seconds: float, cap_seconds: float,
                  clock: Callable[[], datetime], threshold: int = BREAKER_THRESHOLD) -> None:
         self.channel, self.provider = channel, provider
-        self.base, self.cap, self.clock, self.threshold = max(0.1, base_seconds), max(0.1, cap_seconds), clock, threshold
+        self.base, self.cap = max(0.1, base_seconds), max(0.1, cap_seconds)
+        self.clock, self.threshold = clock, threshold
         self.state = CIRCUIT_CLOSED
         self.troubles = 0  # in a row
         self.openings = 0  # in a row, for the doubling cool-down

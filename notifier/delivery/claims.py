@@ -8,8 +8,8 @@ At claim time a notice is re-checked: older than Settings.max_age_minutes, or ma
 (superseded, a newer revision planned, cleared before the notice was planned, or a delay/advisory for a sailing
 already departed) -> `expired`, never sent late; opted out (per Settings.safety_critical_opt_out) or on a channel
 the customer no longer accepts -> `suppressed`. A notice suppressed by an opt-out goes by the customer's other
-channel instead when they have one (notifier.delivery.fallback); else the follow-up list shows it. Notices of paused, cancelled or unapproved broadcasts are not
-claimed.
+channel instead when they have one (notifier.delivery.fallback); else the follow-up list shows it. Notices of
+paused, cancelled or unapproved broadcasts are not claimed.
 """
 
 from __future__ import annotations
