@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -159,7 +159,7 @@ def test_a_typhoon_night_leaves_no_contact_or_name_in_logs_reports_or_errors(fac
                                                                             caplog, tmp_path):
     every_logger_at_debug(caplog)
     with TwilioStandIn(validate="off") as standin:
-        settings = replace(provider_settings(tmp_settings, standin), max_attempts=3)
+        settings = provider_settings(tmp_settings, standin)
         run_pipeline(factory, settings, demo_db.epoch)
 
         # The provider refuses one number as invalid (quoting it, as Twilio does), finds another STOPped, takes a

@@ -1,6 +1,7 @@
-"""Email through an SMTP relay with smtplib: one connection, reused across messages and reopened when the relay
-drops it; SSL or STARTTLS and login as configured; multipart text + HTML with Message-ID and List-Unsubscribe
-(`build_email`, shared with the file channel).
+"""Email through an SMTP relay with smtplib: a pool of connections (one per dispatch thread, SmtpConfig.pool_size),
+each reused across messages and reopened when the relay drops it or answers with an error; SSL or STARTTLS and
+login as configured; multipart text + HTML with Message-ID and List-Unsubscribe (`build_email`, shared with the
+file channel).
 
 A 4xx answer (greylisting, mailbox busy, relay overloaded) is retried later; a 5xx answer (no such mailbox,
 relay refuses) is permanent, except the relay's "STARTTLS / login required" (530, 534, 535, 538), which is about
@@ -12,6 +13,7 @@ Message-ID, by default).
 from __future__ import annotations
 
 import contextlib
+import queue
 import smtplib
 import ssl
 import threading
@@ -36,6 +38,7 @@ class SmtpConfig:
     starttls: bool = False
     timeout_seconds: float = 10.0
     rate_per_second: float | None = None  # emails per second this process may hand to the relay; None: unlimited
+    pool_size: int = 1  # connections kept open to the relay: one per sending thread
 
     @property
     def sender(self) -> str:
@@ -44,7 +47,7 @@ class SmtpConfig:
 
 
 class SmtpEmailChannel(Channel):
-    """Email through one SMTP relay; the rate applies per relay."""
+    """Email through one SMTP relay over a pool of connections; the rate applies per relay."""
 
     kind = "email"
     name = "smtp"
@@ -60,36 +63,39 @@ class SmtpEmailChannel(Channel):
         self.timeout = config.timeout_seconds
         self.sender = config.sender
         self.rate_per_second = config.rate_per_second
-        self._connection: smtplib.SMTP | None = None
-        self._lock = threading.Lock()  # one connection: one conversation at a time
+        # Idle connections, newest first; `_slots` bounds how many are open at once (idle or in use).
+        self._idle: queue.LifoQueue[smtplib.SMTP] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(max(1, config.pool_size))
 
     def deliver(self, message: Message) -> SendResult:
-        """Hand the email to the relay; a connection the relay closed is reopened once."""
+        """Hand the email to the relay on a pooled connection; one the relay closed is reopened once."""
         email = build_email(message, self.from_address)
-        with self._lock:
+        with self._slots:
             for attempt in (1, 2):
-                reused = self._connection is not None
+                connection = self._take_idle()
+                reused = connection is not None
                 try:
-                    connection = self._connection or self._connect()
-                    self._connection = connection
+                    connection = connection or self._connect()
                     connection.send_message(email, from_addr=self.from_address, to_addrs=[message.recipient])
+                    self._idle.put(connection)
                     return SendResult.sent(message.message_id or f"smtp-{message.notification_id}")
                 except smtplib.SMTPRecipientsRefused as exc:
+                    self._idle.put(connection)  # smtplib has reset the transaction: the connection is fine
                     code, reply = next(iter(exc.recipients.values()))
                     return _by_code(code, reply)
                 except smtplib.SMTPResponseException as exc:
+                    _drop(connection)  # the conversation may be half-way through a transaction: start afresh
                     if isinstance(exc, smtplib.SMTPAuthenticationError):
-                        self._drop()
                         return SendResult.retry(str(exc.smtp_code), "the SMTP relay refused our login "
                                                 "(check NOTIFIER_SMTP_USER / NOTIFIER_SMTP_PASSWORD)")
                     return _by_code(exc.smtp_code, exc.smtp_error)
                 except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
-                    self._drop()
+                    _drop(connection)
                     if reused and attempt == 1:
                         continue  # the relay closed an idle connection: open a new one and try again
                     return SendResult.retry("connection", f"the SMTP relay closed the connection ({exc})")
                 except (OSError, smtplib.SMTPException) as exc:
-                    self._drop()
+                    _drop(connection)
                     return SendResult.retry("connection", f"cannot talk to the SMTP relay {self.sender}: "
                                             f"{type(exc).__name__}: {exc}")
         return SendResult.retry("connection", "the SMTP relay closed the connection twice")
@@ -99,12 +105,17 @@ class SmtpEmailChannel(Channel):
         return []
 
     def close(self) -> None:
-        """Say QUIT to the relay."""
-        with self._lock:
-            if self._connection is not None:
-                with contextlib.suppress(OSError, smtplib.SMTPException):  # a relay already gone needs no QUIT
-                    self._connection.quit()
-                self._connection = None
+        """Say QUIT to the relay on every idle connection."""
+        while (connection := self._take_idle()) is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):  # a relay already gone needs no QUIT
+                connection.quit()
+            _drop(connection)
+
+    def _take_idle(self) -> smtplib.SMTP | None:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return None
 
     def _connect(self) -> smtplib.SMTP:
         context = ssl.create_default_context()
@@ -124,11 +135,11 @@ class SmtpEmailChannel(Channel):
             raise
         return connection
 
-    def _drop(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(OSError):  # closing a dead socket
-                self._connection.close()
-            self._connection = None
+
+def _drop(connection: smtplib.SMTP | None) -> None:
+    if connection is not None:
+        with contextlib.suppress(OSError):  # closing a dead socket
+            connection.close()
 
 
 def _by_code(code: int, reply: bytes | str) -> SendResult:

@@ -25,6 +25,8 @@ def dispatch(ctx: click.Context, once: bool) -> None:
     require_database_file(settings)
     stats = serve(settings, once, announce)
     click.echo(stats.summary())
+    for line in stats.waiting:  # --once: what it could not act on, and why
+        click.echo(f"still waiting: {line}")
 
 
 @click.command()
@@ -58,6 +60,7 @@ def watch(ctx: click.Context, show_status: bool) -> None:
 
     from notifier.logs import setup_logging
     from notifier.ops import console, watcher
+    from notifier.delivery.breaker import circuit_lines
     from notifier.ops.quarantine import quarantined
     from notifier.store.models import utcnow
 
@@ -70,6 +73,7 @@ def watch(ctx: click.Context, show_status: bool) -> None:
             echo_lines(console.watcher_detail_lines(state))
         with factory() as session:
             echo_lines(console.quarantine_lines(quarantined(session, utcnow())))
+            echo_lines(circuit_lines(session) or ["provider circuits: all closed"])
         return
     setup_logging(ctx.obj.get("log_level") or "INFO")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns what matters

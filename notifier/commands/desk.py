@@ -47,10 +47,12 @@ def report(ctx: click.Context, disruption_id: int | None, as_json: bool, html_fi
     """Per disruption: bookings affected, told within 5/15/30 min, delivered, failed, choices, EU 30-min duty."""
     from pathlib import Path
 
+    from notifier.delivery.breaker import circuit_lines
     from notifier.ops.console import report_lines
     from notifier.ops.reports import build_report, render_html
 
-    figures = build_report(open_database(settings_from(ctx)), disruption_id)
+    factory = open_database(settings_from(ctx))
+    figures = build_report(factory, disruption_id)
     if html_file:
         title = f"Disruption #{disruption_id}" if disruption_id else "Disruption report"
         try:
@@ -62,6 +64,8 @@ def report(ctx: click.Context, disruption_id: int | None, as_json: bool, html_fi
         click.echo(json.dumps(figures.to_json(), ensure_ascii=False, indent=2))
     else:
         echo_lines(report_lines(figures))
+        with factory() as session:
+            echo_lines(circuit_lines(session))  # a provider whose circuit is open explains a stalled delivery
 
 
 @click.command()

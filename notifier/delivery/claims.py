@@ -7,8 +7,9 @@ FOR UPDATE SKIP LOCKED on PostgreSQL, so several `notifier dispatch` processes s
 At claim time a notice is re-checked: older than Settings.max_age_minutes, or made useless by its disruption
 (superseded, a newer revision planned, cleared before the notice was planned, or a delay/advisory for a sailing
 already departed) -> `expired`, never sent late; opted out (per Settings.safety_critical_opt_out) or on a channel
-the customer no longer accepts -> `suppressed`. Notices of paused, cancelled or unapproved broadcasts are not
-claimed.
+the customer no longer accepts -> `suppressed`. A notice suppressed by an opt-out goes by the customer's other
+channel instead when they have one (notifier.delivery.fallback); else the follow-up list shows it. Notices of
+paused, cancelled or unapproved broadcasts are not claimed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from notifier.channels.base import Message
+from notifier.delivery.fallback import plan_fallback
 from notifier.delivery.optouts import may_send, unsubscribe_url
 from notifier.delivery.outcomes import DispatchStats, close_notice
 from notifier.store.db import is_postgres
@@ -30,6 +32,7 @@ from notifier.store.models import Broadcast, Customer, Disruption, Notification,
 from notifier.store.settings import Settings
 
 BLOCKED_BROADCAST_STATES = ("paused", "cancelled", "awaiting_approval")
+OPTED_OUT = "the recipient opted out of"
 STALE_AFTER_DEPARTURE = ("delayed", "advisory")  # a delay notice is useless once the sailing has left
 
 
@@ -55,9 +58,12 @@ def claim(session: Session, owner: str, limit: int, lease_seconds: int, now: dat
     rows = session.execute(query).all()
     verdicts = screen(session, rows, settings, now) if settings is not None else {}
     for notification_id, (status, reason) in verdicts.items():
-        close_notice(session, session.get(Notification, notification_id), status, None, reason, now)
+        notification = session.get(Notification, notification_id)
+        close_notice(session, notification, status, None, reason, now)
+        fell_back = reason.startswith(OPTED_OUT) and plan_fallback(session, notification, settings, reason)
         if stats is not None:
             setattr(stats, status, getattr(stats, status) + 1)
+            stats.fallbacks += int(fell_back)
     lease_end = now + timedelta(seconds=lease_seconds)
     claimed = [SimpleNamespace(**{**row._asdict(), "status": "sending", "lease_owner": owner,
                                   "lease_expires_at": lease_end, "attempts": row.attempts + 1})
@@ -89,7 +95,7 @@ def screen(session: Session, notifications: Sequence[Any], settings: Settings, n
         elif notice.id in useless:
             verdicts[notice.id] = ("expired", useless[notice.id])
         elif not may_send(notice.opted_out is not None, notice.safety_critical, settings.safety_critical_opt_out):
-            verdicts[notice.id] = ("suppressed", f"the recipient opted out of {notice.channel}")
+            verdicts[notice.id] = ("suppressed", f"{OPTED_OUT} {notice.channel}")
         elif notice.accepts is not None and notice.purpose != "fallback" and notice.channel not in notice.accepts:
             verdicts[notice.id] = ("suppressed", f"the customer no longer accepts {notice.channel}")
     return verdicts

@@ -43,6 +43,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from notifier.channels.base import Channel, Message, SendResult, cost
+from notifier.delivery.backlog import still_waiting, waiting_for_retry
+from notifier.delivery.breaker import CIRCUIT_CLOSED, Breaker
 from notifier.delivery.claims import claim, to_message
 from notifier.delivery.leases import owner_is_gone, worker_id
 from notifier.delivery.optouts import may_send
@@ -96,6 +98,8 @@ class Dispatcher:
         may_send(False, True, settings.safety_critical_opt_out)  # refuses an unknown policy now, not mid-run
         self.pacers = {kind: Pacer(channel.rate_per_second) for kind, channel in channels.items()
                        if channel.rate_per_second}
+        self.breakers = {kind: Breaker(kind, channel.name, settings.retry_base_seconds, settings.retry_cap_seconds,
+                                       clock) for kind, channel in channels.items()}
         self.pools = {kind: ThreadPoolExecutor(max(1, settings.dispatch_threads), f"dispatch-{kind}")
                       for kind in channels}
         self.capacity = {kind: self._capacity(kind) for kind in channels}
@@ -103,6 +107,7 @@ class Dispatcher:
         self.in_flight: Counter[str] = Counter()
         self._dry_until: dict[str, float] = {}  # a kind that had nothing due is not asked again until then
         self._gone_since: dict[str, float] = {}  # lease owners seen dead, and since when
+        self._ripening: list[float] = []  # seconds until each dead owner's rows may be looked up
         self.stopping = threading.Event()  # claim nothing more; finish what is in flight
         self.abandon = threading.Event()  # do not even wait for send slots any more
         self.database_lost = False  # set once the database stayed away for db_retry_seconds
@@ -144,7 +149,12 @@ class Dispatcher:
             if not done and claimed == 0 and self._busy() == 0:
                 if drain and not self.stopping.is_set() and self._reconcile_expired(not_again=True):
                     continue  # a drain also settles every lapsed lease (a crash left many), each once
+                if drain and self._ripening and not self.stopping.is_set():
+                    self.stopping.wait(min(poll, max(0.05, min(self._ripening))))
+                    continue  # a dead dispatcher's rows: ours to settle once its last requests have surely ended
                 if self.stopping.is_set() or drain:
+                    if drain and not self.database_lost:
+                        self._with_database(self._take_stock)
                     return self.stats
                 self.stopping.wait(poll)
                 next_sweep = 0.0
@@ -170,7 +180,7 @@ class Dispatcher:
         moment = monotonic()
         return {kind: self.capacity[kind] - self.in_flight[kind] for kind in self.channels
                 if self.capacity[kind] - self.in_flight[kind] >= max(1, self.capacity[kind] // 2)
-                and self._dry_until.get(kind, 0.0) <= moment}
+                and self._dry_until.get(kind, 0.0) <= moment and self.breakers[kind].may_claim()}
 
     def _collect(self, poll: float) -> list[_Done]:
         # While nothing can be claimed, wait for results, and gather a few so that one transaction records many.
@@ -191,6 +201,8 @@ class Dispatcher:
     def _step(self, done: list[_Done]) -> int:
         for item in done:
             self.in_flight[item.kind] -= 1
+            if item.op == "send":
+                self.breakers[item.kind].record(item.result)
             if item.op == "reconcile" or item.result is None or item.result.status == "retry":
                 self._dry_until.pop(item.kind, None)  # rows may be due again at once
         room = self._claimable()
@@ -217,11 +229,15 @@ class Dispatcher:
                 for item in others:
                     self._apply(session, rows[item.message.notification_id], item, now, taken)
             for kind, free in room.items():
+                free = self.breakers[kind].room(free)  # one probe while half-open
                 claimed = claim(session, self.owner, free, self.settings.lease_seconds, now, self.settings, [kind],
-                                self.stats)
+                                self.stats) if free else []
                 if len(claimed) < free:
+                    self.breakers[kind].probe_unused()
                     self._dry_until[kind] = monotonic() + max(0.05, self.settings.dispatch_poll_seconds)
                 work += [(to_message(n, self.settings, now), n.lease_expires_at, n.attempts) for n in claimed]
+            for breaker in self.breakers.values():
+                breaker.save(session)
         return work
 
     def _with_database(self, unit: Callable[..., Any], *args: object) -> Any:
@@ -248,6 +264,16 @@ class Dispatcher:
                     f"dispatch stopped: the database is unavailable ({reason}); messages handed to a channel but "
                     "not yet recorded stay 'sending' and are checked with the provider before any resend; run "
                     "`notifier dispatch` again once the database is back") from None
+
+    def _take_stock(self) -> None:
+        # What a drained run leaves: notices (not retry events) that will be tried later, and why the rest waits.
+        now = self.clock()
+        with self.factory() as session:
+            self.stats.retried = waiting_for_retry(session)
+            self.stats.waiting = still_waiting(session, now, self.owner)
+        self.stats.waiting += [f"{kind} not sent while {breaker.provider} is in trouble (circuit {breaker.state}: "
+                               f"{breaker.reason})" for kind, breaker in self.breakers.items()
+                               if breaker.state != CIRCUIT_CLOSED]
 
     def _restore_stats(self, before: DispatchStats) -> None:
         for name in before.__dataclass_fields__:
@@ -305,6 +331,8 @@ class Dispatcher:
             if owner not in self._gone_since and owner_is_gone(owner, self.owner):
                 self._gone_since[owner] = moment
         wait = self.settings.provider_timeout_seconds
+        self._ripening = [self._gone_since[owner] + wait - moment for owner in owners
+                          if owner in self._gone_since and moment - self._gone_since[owner] < wait]
         return [owner for owner in owners if moment - self._gone_since.get(owner, moment) >= wait]
 
     def _submit(self, kind: str, task: Callable, *args: object) -> None:

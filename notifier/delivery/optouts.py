@@ -26,6 +26,7 @@ from notifier.errors import NotifierError
 from notifier.store.settings import Settings
 from notifier.store.db import insert_ignore, pages
 from notifier.store.models import Customer, Notification, OptOut
+from notifier.planning.audience import normalise_phone
 from notifier.privacy import mask_contact
 
 OPT_OUT_PAGE = 500  # addresses per IN list
@@ -117,11 +118,22 @@ def reply(settings: Settings, what: str, language: str) -> str:
 
 
 def language_of(session: Session, phone: str, text: str, default: str) -> str:
-    """The language to answer an inbound SMS in: Chinese text gets Chinese, else the customer's own language."""
+    """The language to answer an inbound SMS in: Chinese text gets Chinese, else the language of our last notice to
+    that number, else its customer's (stored numbers may be written with spaces: they are compared in E.164)."""
     if any("\u4e00" <= ch <= "\u9fff" for ch in text or ""):
         return "zh-CN"
-    language = session.scalar(select(Customer.language).where(Customer.phone == phone).limit(1))
-    return language or default
+    language = session.scalar(select(Notification.language).where(
+        Notification.recipient == phone, Notification.channel == "sms").order_by(Notification.id.desc()).limit(1))
+    if language:
+        return language
+    digits = "".join(ch for ch in phone if ch.isdigit())
+    if len(digits) < 4:
+        return default
+    for stored, language in session.execute(select(Customer.phone, Customer.language).where(
+            Customer.phone.like(f"%{digits[-2:]}"))):
+        if normalise_phone(stored) == phone:
+            return language or default
+    return default
 
 
 def unsubscribe_token(secret: str, notification_id: int) -> str:

@@ -3,9 +3,11 @@ failed, uncertain) or after a crash-time look-up at the provider (reconciliation
 
 Nothing is half-recorded: a notice is `sent` together with its attempt row or not at all. An uncertain answer
 (timeout, dropped connection, 5xx) leaves the row `sending` under a short lease, so the provider is asked before
-any resend. Retries back off exponentially with full jitter and never sooner than the provider's Retry-After, and
-stop at Settings.max_attempts or when the notice would be older than Settings.max_age_minutes. A notice that
-fails for good goes out once on the customer's other channel (notifier.delivery.fallback).
+any resend. Retries back off exponentially with full jitter (capped at Settings.retry_cap_seconds) and never sooner
+than the provider's Retry-After. They are bounded by time, not by count: a provider outage of minutes is normal in
+an emergency, so a notice is retried until its retry deadline (Settings.max_age_minutes after it was planned, or
+its sailing's departure when that is earlier). A notice that fails for good, or whose deadline passes, goes out
+once on the customer's other channel (notifier.delivery.fallback); without one it is a follow-up item.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import dataclasses
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, null, or_, select, update
 from sqlalchemy.orm import Session
@@ -44,6 +47,7 @@ class DispatchStats:
     suppressed: int = 0
     fallbacks: int = 0
     by_channel: dict[str, int] = field(default_factory=dict)
+    waiting: list[str] = field(default_factory=list)  # after a drain: what is still queued or sending, and why
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -134,18 +138,26 @@ def mark_sent(notification: Notification, provider_id: str | None, now: datetime
 def _retry_or_give_up(session: Session, notification: Notification, result: SendResult, settings: Settings,
                       now: datetime, stats: DispatchStats) -> None:
     delay = _delay(notification, result.retry_after, settings)
-    if notification.attempts >= settings.max_attempts:
-        _fail(session, notification, result.code, f"gave up after {notification.attempts} attempts: {result.reason}",
-              settings, now, stats)
-    elif now + timedelta(seconds=delay) - notification.created_at > timedelta(minutes=settings.max_age_minutes):
-        close_notice(session, notification, "expired", result.code,
-                     f"would be older than {settings.max_age_minutes} minutes at the next attempt", now)
-        stats.expired += 1
+    deadline = retry_deadline(notification, settings)
+    if now + timedelta(seconds=delay) > deadline:
+        _fail(session, notification, result.code, f"not delivered by {deadline:%Y-%m-%d %H:%M} UTC after "
+              f"{notification.attempts} attempts: {result.reason}", settings, now, stats)
     else:
         notification.status = "queued"
         notification.next_attempt_at = now + timedelta(seconds=delay)
         notification.lease_owner, notification.lease_expires_at = None, None
         stats.retried += 1
+
+
+def retry_deadline(notification: Any, settings: Settings) -> datetime:
+    """When retrying a notice stops being worth it: Settings.max_age_minutes after it was planned, or its
+    sailing's departure (Notification.priority) when that comes earlier, but never before it was planned."""
+    deadline = notification.created_at + timedelta(minutes=settings.max_age_minutes)
+    if notification.priority and notification.priority > 0:
+        departure = datetime.fromtimestamp(notification.priority, UTC)
+        if notification.created_at < departure < deadline:
+            deadline = departure
+    return deadline
 
 
 def _delay(notification: Notification, retry_after: float | None, settings: Settings) -> float:
@@ -176,7 +188,7 @@ def record_reconciliation(session: Session, notification: Notification, found: l
                           error: str | None, settings: Settings, now: datetime,
                           stats: DispatchStats | None = None, taken: set[str] | None = None) -> str:
     """Apply what the provider said about an expired lease: it has the message (sent), it has not (send again,
-    unless attempts or age are used up), or it could not be asked (look again later)."""
+    unless its retry deadline passed), or it could not be asked (look again later)."""
     stats = stats if stats is not None else DispatchStats()
     taken = taken if taken is not None else set()
     provider_id = None
@@ -188,7 +200,7 @@ def record_reconciliation(session: Session, notification: Notification, found: l
                                 finished_at=now, outcome="reconciled", provider_id=provider_id,
                                 error_message=error if found is None else
                                 None if provider_id else "lease expired; the provider has no copy"))
-    too_old = now - notification.created_at > timedelta(minutes=settings.max_age_minutes)
+    too_old = now > retry_deadline(notification, settings)
     if provider_id:
         taken.add(provider_id)
         mark_sent(notification, provider_id, now)
@@ -201,14 +213,10 @@ def record_reconciliation(session: Session, notification: Notification, found: l
         else:
             notification.lease_owner = None
             notification.lease_expires_at = now + timedelta(seconds=_delay(notification, None, settings))
-    elif notification.attempts >= settings.max_attempts:
+    elif too_old:
         _fail(session, notification, notification.error_code,
               f"not sent after {notification.attempts} attempts: {notification.error_message or 'no answer'}",
               settings, now, stats)
-    elif too_old:
-        close_notice(session, notification, "expired", None, f"not sent within {settings.max_age_minutes} minutes",
-                     now)
-        stats.expired += 1
     else:
         notification.status, notification.next_attempt_at = "queued", None
         notification.lease_owner, notification.lease_expires_at = None, None

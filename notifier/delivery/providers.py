@@ -50,11 +50,12 @@ def twilio_config(settings: Settings) -> TwilioConfig:
 
 
 def smtp_config(settings: Settings) -> SmtpConfig:
-    """The SMTP channel's config: the relay, login, TLS, From address, timeout, and the relay's rate in emails
-    per second for this dispatch process."""
+    """The SMTP channel's config: the relay, login, TLS, From address, timeout, a connection per dispatch thread,
+    and the relay's rate in emails per second for this dispatch process."""
     from notifier.channels.smtp_email import SmtpConfig
 
     config = SmtpConfig(host=settings.smtp_host, from_address=settings.smtp_from, port=settings.smtp_port,
                         user=settings.smtp_user, password=settings.smtp_password, use_ssl=settings.smtp_ssl,
-                        starttls=settings.smtp_starttls, timeout_seconds=settings.provider_timeout_seconds)
+                        starttls=settings.smtp_starttls, timeout_seconds=settings.provider_timeout_seconds,
+                        pool_size=max(1, settings.dispatch_threads))
     return dataclasses.replace(config, rate_per_second=rate_for(settings, "emails_per_second", config.sender))

@@ -1,7 +1,8 @@
 """Disrupted sailings -> bookings -> recipients: which channel, which address, which language.
 
 A booking without a usable contact is not dropped silently: it comes back with the reason, so the preview and
-the follow-up worklist can show it.
+the follow-up worklist can show it. A customer who cannot be told by SMS (opted out, no number that can take SMS)
+is told by email instead when they have a usable email and accept email, even in an SMS-only broadcast.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from sqlalchemy.orm import Session
 from notifier.disruptions import TOLD
 from notifier.store.models import Booking, Broadcast, Customer, Disruption, Notification, OptOut
 
-SMS_CAPABLE = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+_KIND = phonenumbers.PhoneNumberType
+# Personal numbers (a "follow-me" number, and Twilio's test numbers) forward to a mobile, so they take SMS too.
+SMS_CAPABLE = {_KIND.MOBILE, _KIND.FIXED_LINE_OR_MOBILE, _KIND.PERSONAL_NUMBER}
+NUMBER_KINDS = {_KIND.FIXED_LINE: "landline", _KIND.TOLL_FREE: "toll-free", _KIND.PREMIUM_RATE: "premium rate",
+                _KIND.SHARED_COST: "shared cost", _KIND.VOIP: "VoIP", _KIND.PAGER: "pager", _KIND.UAN: "company number",
+                _KIND.VOICEMAIL: "voicemail"}
 AUDIENCE_KINDS = {"passengers": {"passenger"}, "shippers": {"cargo"}, "all": {"passenger", "cargo"}}
 # Automatic broadcasts whose notices carry no offers: the all-clear, and advisories ("may be disrupted").
 NOTICE_ONLY_KINDS = ("resumed", "advisory")
@@ -68,6 +74,17 @@ def can_take_sms(e164: str) -> bool:
         return False
 
 
+def sms_refusal(e164: str) -> str:
+    """Why a valid number cannot take SMS, in words for the preview and the follow-up list ("" when it can)."""
+    if can_take_sms(e164):
+        return ""
+    try:
+        kind = NUMBER_KINDS.get(phonenumbers.number_type(phonenumbers.parse(e164)), "not a mobile")
+    except phonenumbers.NumberParseException:
+        kind = "not a mobile"
+    return f"phone number cannot take SMS ({kind})"
+
+
 def normalise_email(raw: str | None) -> str | None:
     """The normalised address, or None when it is not a deliverable-looking address (no DNS look-up)."""
     if not raw:
@@ -96,9 +113,10 @@ def recipients_for(booking: Booking, customer: Customer, channels: list[str], op
         missing.append(Unreachable(booking.id, booking.ref, ",".join(channels), "customer accepts none of "
                                    f"the broadcast's channels ({', '.join(channels)})"))
     for channel in wanted:
-        address, reason = address_of(channel)
-        if address and respect_opt_out and (channel, address) in opt_outs:
-            address, reason = None, "opted out"
+        address, reason = _usable(address_of, channel, opt_outs, respect_opt_out)
+        if address is None and channel == "sms" and "email" not in wanted and "email" in customer.channels:
+            address, _ = _usable(address_of, "email", opt_outs, respect_opt_out)  # told by email instead
+            channel = "email" if address else channel
         if address:
             found.append(Recipient(booking.id, customer.id, channel, address, customer.language))
         else:
@@ -106,14 +124,21 @@ def recipients_for(booking: Booking, customer: Customer, channels: list[str], op
     return found, missing
 
 
+def _usable(address_of: AddressLookup, channel: str, opt_outs: AbstractSet[tuple[str, str]],
+            respect_opt_out: bool) -> tuple[str | None, str]:
+    address, reason = address_of(channel)
+    if address and respect_opt_out and (channel, address) in opt_outs:
+        return None, "opted out"
+    return address, reason
+
+
 def _address(customer: Customer, channel: str) -> tuple[str | None, str]:
     if channel == "sms":
         phone = normalise_phone(customer.phone)
         if phone is None:
             return None, "no valid phone number" if customer.phone else "no phone number"
-        if not can_take_sms(phone):
-            return None, "phone number cannot take SMS (landline)"
-        return phone, ""
+        refusal = sms_refusal(phone)
+        return (None, refusal) if refusal else (phone, "")
     email = normalise_email(customer.email)
     if email is None:
         return None, "no valid email address" if customer.email else "no email address"

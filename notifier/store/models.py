@@ -457,6 +457,20 @@ class Notification(Base):
     final_at: Mapped[datetime | None]
 
 
+class ProviderCircuit(Base):
+    """A provider's circuit breaker as the dispatcher last left it (notifier.delivery.breaker), so `watch
+    --status` and the report can say that sending to it is paused, since when and why."""
+
+    __tablename__ = "provider_circuits"
+
+    channel: Mapped[str] = mapped_column(String(8), primary_key=True)  # sms | email
+    provider: Mapped[str] = mapped_column(String(32))  # twilio | smtp | file
+    state: Mapped[str] = mapped_column(String(16), default="closed")  # closed | open | half-open
+    reason: Mapped[str] = mapped_column(Text, default="")
+    probe_at: Mapped[datetime | None]  # open: when one notice goes as a probe
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class DeliveryAttempt(Base):
     __tablename__ = "delivery_attempts"
 

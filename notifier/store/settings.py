@@ -85,7 +85,6 @@ class Settings:
     emails_per_second: float = 20.0
     dispatch_threads: int = 8
     lease_seconds: int = 120
-    max_attempts: int = 8
     max_age_minutes: int = 360
     sms_validity_seconds: int = 14400
     # Opted-out recipients of a safety-critical notice: "respect" (default: the customer's STOP stands, and Twilio

@@ -4,6 +4,8 @@ connection for many messages, a relay that drops the connection, 451 retried, 55
 from __future__ import annotations
 
 import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -50,6 +52,20 @@ def test_one_connection_carries_many_messages(channel, relay):
         assert channel.send(notice(f"p{number}@example.com", number)).status == "sent"
     assert len(relay.received) == 5
     assert relay.greetings == 1
+
+
+def test_pooled_connections_keep_up_with_a_slow_relay_and_are_reused(relay):
+    relay.latency = 0.1  # a distant relay: one connection would manage under 10 emails a second
+    email = SmtpEmailChannel(relay_config(relay, pool_size=4))
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as threads:
+        results = list(threads.map(lambda n: email.send(notice(f"p{n}@example.com", n)).status, range(24)))
+    took = time.monotonic() - started
+    email.close()
+
+    assert results == ["sent"] * 24 and len(relay.received) == 24
+    assert took < 1.8  # 24 x 100 ms over one connection would take 2.4 s
+    assert relay.greetings <= 4  # each connection opened once, then reused
 
 
 def test_a_dropped_connection_is_reopened_and_the_message_still_goes(channel, relay):

@@ -262,19 +262,6 @@ def test_a_temporary_email_refusal_is_retried_until_the_relay_takes_it(factory, 
     assert len(relay.to(EMAIL)) == 1
 
 
-def test_a_notice_that_keeps_failing_gives_up_after_max_attempts(factory, settings, twilio_standin, relay):
-    twilio_standin.add_fault(Fault(status=429, code=20429, times=None))
-    with transaction(factory) as session:
-        queue_notice(session, add_customer(session), "sms", "Sailing cancelled.")
-    deliver(factory, dataclasses.replace(settings, max_attempts=3))
-
-    sms, fallback = rows(factory)
-    assert (sms.status, sms.attempts) == ("failed", 3)
-    assert "gave up after 3 attempts" in sms.error_message
-    assert fallback.status == "sent" and len(relay.to(EMAIL)) == 1
-    assert twilio_standin.messages == []
-
-
 # --- what must not go out ------------------------------------------------------------------------------------------
 
 def test_stale_notices_expire_instead_of_going_out_late(factory, settings, twilio_standin):
@@ -323,9 +310,25 @@ def test_opted_out_numbers_follow_the_safety_critical_policy(factory, settings, 
         session.add(OptOut(channel="sms", address=PHONE, source="sms_stop"))
     deliver(factory, dataclasses.replace(settings, safety_critical_opt_out=policy))
 
-    [notice] = rows(factory)
+    notice = rows(factory)[0]
     assert notice.status == ("sent" if sent else "suppressed")
     assert len(twilio_standin.messages) == (1 if sent else 0)
+
+
+def test_a_customer_who_said_stop_after_planning_gets_the_notice_by_email(factory, settings, twilio_standin, relay):
+    with transaction(factory) as session:
+        queue_notice(session, add_customer(session), "sms", "Typhoon: your sailing is cancelled.")
+        queue_notice(session, add_customer(session, phone="+8613800138009", email=None), "sms", "Cancelled.")
+        session.add_all([OptOut(channel="sms", address=PHONE, source="sms_stop"),
+                         OptOut(channel="sms", address="+8613800138009", source="sms_stop")])
+    stats = deliver(factory, settings)
+
+    stopped, no_email, email = rows(factory)
+    assert (stopped.status, no_email.status) == ("suppressed", "suppressed")  # the second: a follow-up item
+    assert (email.channel, email.purpose, email.status) == ("email", "fallback", "sent")
+    [received] = relay.to(EMAIL)
+    assert "Typhoon: your sailing is cancelled." in received.get_body(("plain",)).get_content()
+    assert twilio_standin.messages == [] and stats.fallbacks == 1
 
 
 def test_a_customer_who_no_longer_accepts_sms_gets_none(factory, settings, twilio_standin):
@@ -440,8 +443,10 @@ def test_a_live_lease_is_left_alone(factory, settings, twilio_standin):
     with transaction(factory) as session:
         notice = queue_notice(session, add_customer(session), "sms", "Sailing cancelled.")
     abandon_mid_send(factory, [notice.id], seconds_ago=-60)  # another worker holds it for one more minute
-    dispatch_all(factory, settings, channels_for(settings))
+    stats = dispatch_all(factory, settings, channels_for(settings))
     assert rows(factory)[0].status == "sending" and twilio_standin.messages == []
+    [why] = stats.waiting  # what `dispatch --once` says is left, and why
+    assert why.startswith("1 sending under another dispatcher's live lease")
 
 
 # --- pacing and scale-out ------------------------------------------------------------------------------------------

@@ -153,6 +153,36 @@ def test_dispatch_once_reports_what_it_did(tmp_path):
     assert len(standin.messages) == 12
 
 
+def test_one_dispatch_once_after_a_sigkill_finishes_what_the_killed_run_left(tmp_path):
+    database_url = f"sqlite:///{tmp_path / 'killed.db'}"
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    with transaction(factory) as session:
+        numbers = seed_sms_broadcast(session, 100)
+    with TwilioStandIn(validate="off", latency=0.1) as standin:
+        env = notifier_env(database_url, standin, NOTIFIER_SMS_SEGMENTS_PER_SECOND="0",
+                           NOTIFIER_PROVIDER_TIMEOUT_SECONDS="3")
+        worker = subprocess.Popen(notifier("dispatch"), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        wait_until(lambda: len(standin.messages) >= 30, 30, "the dispatcher to be sending")
+        worker.kill()
+        worker.wait(timeout=10)
+        with factory() as session:
+            assert session.scalar(select(func.count()).where(Notification.status == "sending")) > 0
+        done = subprocess.run(notifier("dispatch", "--once"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        copies = Counter(message["to"] for message in standin.messages)
+    with factory() as session:
+        statuses = Counter(session.scalars(select(Notification.status)))
+    engine.dispose()
+
+    assert done.returncode == 0, done.stderr
+    assert statuses == {"sent": 100}  # nothing left sending until a lease runs out
+    assert "still waiting" not in done.stdout
+    assert sorted(copies) == sorted(numbers) and set(copies.values()) == {1}
+
+
 def test_a_missing_database_is_one_clear_line(tmp_path):
     with TwilioStandIn(validate="off") as standin:
         done = subprocess.run(notifier("dispatch", "--once"), capture_output=True, text=True, timeout=60,

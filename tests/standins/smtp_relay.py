@@ -2,15 +2,18 @@
 answering chosen recipients with a relay's temporary (451) or permanent (550) refusal.
 
 `Controller(port=0)` does not work (aiosmtpd needs the port up front), so a free port is found by binding one
-first. STARTTLS, implicit TLS and AUTH are available for the channel's configuration tests.
+first. STARTTLS, implicit TLS and AUTH are available for the channel's configuration tests; `latency` makes every
+DATA answer that much later, as a distant relay does (the pooled connections' throughput test and the benchmark).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -56,9 +59,12 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201
+        if self.relay.latency:
+            await asyncio.sleep(self.relay.latency)
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.relay.lock:
             self.relay.received.append((envelope.mail_from, list(envelope.rcpt_tos), message))
+            self.relay.arrivals.append(time.monotonic())
         return "250 Message accepted for delivery"
 
 
@@ -66,9 +72,11 @@ class Relay:
     """The relay: `answers` maps a recipient to the reply its RCPT TO gets, e.g. "550 5.1.1 No such user"."""
 
     def __init__(self, answers: dict[str, str] | None = None, tls: tuple[Path, Path] | None = None,
-                 implicit_tls: bool = False, login: tuple[str, str] | None = None) -> None:
+                 implicit_tls: bool = False, login: tuple[str, str] | None = None, latency: float = 0.0) -> None:
         self.answers = dict(answers or {})
+        self.latency = latency
         self.received: list[tuple[str, list[str], EmailMessage]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each accepted message (the benchmark's throughput)
         self.greetings = 0  # EHLOs seen: one per connection (two with STARTTLS)
         self.lock = threading.Lock()
         self.port = free_port()
