@@ -42,6 +42,7 @@ from notifier.store.settings import Settings
 from notifier.store.db import transaction
 from notifier.store.models import Booking, Customer, CustomerResponse, Notification, utcnow
 from notifier.delivery.optouts import keyword, lift_opt_out, record_opt_out
+from notifier.store.status import DELIVERED, SENT
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def _newest_email(session: Session, customer_id: int, booking_id: int) -> Notifi
     return session.scalar(select(Notification).where(Notification.customer_id == customer_id,
                                                      Notification.booking_id == booking_id,
                                                      Notification.channel == "email",
-                                                     Notification.status.in_(("sent", "delivered")))
+                                                     Notification.status.in_((SENT, DELIVERED)))
                           .order_by(Notification.id.desc()).limit(1))
 
 

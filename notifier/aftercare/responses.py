@@ -35,6 +35,7 @@ from notifier.store.models import (Booking, Customer, CustomerResponse, Disrupti
                                    Route, Sailing, utcnow)
 from notifier.planning.offers import REFUND_KEY, needs
 from notifier.store.capacity import accept_unheld, convert_hold, give_back_booked, lock_capacity, release
+from notifier.store.status import ACCEPTED, ACTIVE, CONFIRMED, HELD, OPEN, QUEUED, REBOOKED, REFUND, RELEASED
 
 DECISION = "choice"
 NO_ANSWER_DEFAULTS = ("refund", "first_sailing")
@@ -183,7 +184,7 @@ def _open_choice(session: Session, booking_id: int, disruption_id: int
     offers = current_offers(session, booking_id, disruption_id) if booking and disruption else []
     if not offers:
         raise ChoiceRefused("no_offers", "there is nothing to choose for this booking")
-    if booking.status != "confirmed" or booking.sailing_id != disruption.sailing_id:
+    if booking.status != CONFIRMED or booking.sailing_id != disruption.sailing_id:
         raise ChoiceRefused("already_chosen", "this booking's choice is already recorded", choice_keys(offers))
     return booking, disruption, offers
 
@@ -206,13 +207,13 @@ def _apply(session: Session, booking: Booking, disruption: Disruption, offer: Of
     wanted = needs(booking)
     original = booking.sailing_id
     if offer.kind == "refund":
-        offer.status = "accepted"
-        booking.status, booking.refund_amount = "refund", offer.amount
+        offer.status = ACCEPTED
+        booking.status, booking.refund_amount = REFUND, offer.amount
     else:
-        taken = convert_hold(session, offer) if offer.status == "held" else False
+        taken = convert_hold(session, offer) if offer.status == HELD else False
         if not taken and not accept_unheld(session, offer, wanted):
             raise ChoiceRefused("full", "that sailing has no place left", choice_keys(offers))
-        booking.sailing_id, booking.status = offer.sailing_id, "rebooked"
+        booking.sailing_id, booking.status = offer.sailing_id, REBOOKED
     give_back_booked(session, original, wanted)
     _close_other_offers(session, booking.id, disruption.id, offer.id)
     return Outcome(booking.id, disruption.id, "refund" if offer.kind == "refund" else "rebook", offer.option_key,
@@ -222,12 +223,12 @@ def _apply(session: Session, booking: Booking, disruption: Disruption, offer: Of
 
 def _close_other_offers(session: Session, booking_id: int, disruption_id: int, chosen_id: int | None) -> None:
     others = session.scalars(select(Offer).where(Offer.booking_id == booking_id, Offer.disruption_id == disruption_id,
-                                                 Offer.id != (chosen_id or 0), Offer.status.in_(("held", "open"))))
+                                                 Offer.id != (chosen_id or 0), Offer.status.in_((HELD, OPEN))))
     for other in list(others):
-        if other.status == "held":
+        if other.status == HELD:
             release(session, other, "released")
         elif other.kind != "compensation":  # compensation stays claimable whatever was chosen
-            other.status = "released"
+            other.status = RELEASED
 
 
 def _audit(session: Session, booking: Booking, disruption: Disruption, outcome: Outcome) -> None:
@@ -270,7 +271,7 @@ def queue_confirmation(session: Session, settings: Settings, outcome: Outcome,
                      "recipient": recipient.address, "language": rendered.language, "template": "confirmation",
                      "purpose": "confirmation", "subject": rendered.subject, "body_text": rendered.body_text,
                      "body_html": rendered.body_html, "segments": rendered.segments, "safety_critical": False,
-                     "status": "queued", "priority": int(created.timestamp()), "attempts": 0,
+                     "status": QUEUED, "priority": int(created.timestamp()), "attempts": 0,
                      "created_at": created})
     if not rows:
         return 0
@@ -455,7 +456,7 @@ def _past_deadline(session: Session, now: datetime) -> list[tuple[int, int]]:
         select(Offer.booking_id, Offer.disruption_id).distinct()
         .join(Disruption, and_(Disruption.id == Offer.disruption_id, Disruption.revision == Offer.revision))
         .join(Booking, Booking.id == Offer.booking_id)
-        .where(Offer.deadline < now, Disruption.status == "active", Booking.status == "confirmed",
+        .where(Offer.deadline < now, Disruption.status == ACTIVE, Booking.status == CONFIRMED,
                Booking.sailing_id == Disruption.sailing_id, ~answered)
         .order_by(Offer.booking_id)).all()
     return [(row.booking_id, row.disruption_id) for row in rows]
@@ -490,7 +491,7 @@ def _keep_ticket_valid(session: Session, settings: Settings, booking_id: int, di
             _lock_places_of(session, booking_id, disruption_id)
             booking, disruption, offers = _open_choice(session, booking_id, disruption_id)
             _claim_decision(session, booking, disruption, None, "default", now, None, offers)
-            booking.status = "open"
+            booking.status = OPEN
             _close_other_offers(session, booking.id, disruption.id, None)
             outcome = Outcome(booking.id, disruption.id, "open", None, booking.sailing_id, None, booking.currency,
                               "default", now)

@@ -11,9 +11,8 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from notifier.delivery.claims import BLOCKED_BROADCAST_STATES
 from notifier.store.models import Broadcast, Notification
-from notifier.store.status import QUEUED, SENDING
+from notifier.store.status import BROADCAST_HELD_BACK, QUEUED, SENDING
 
 
 def waiting_for_retry(session: Session) -> int:
@@ -33,7 +32,7 @@ def still_waiting(session: Session, now: datetime, owner: str) -> list[str]:
         Notification.status == QUEUED, Notification.next_attempt_at > now)).one()
     if count:
         lines.append(f"{count} queued for a retry after a provider's refusal, the first at {first:%H:%M:%S} UTC")
-    blocked = select(Broadcast.id).where(Broadcast.status.in_(BLOCKED_BROADCAST_STATES))
+    blocked = select(Broadcast.id).where(Broadcast.status.in_(BROADCAST_HELD_BACK))
     held = session.scalar(select(func.count()).where(
         Notification.status == QUEUED, Notification.broadcast_id.in_(blocked),
         or_(Notification.next_attempt_at.is_(None), Notification.next_attempt_at <= now)))

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from notifier.channels.base import SendResult
 from notifier.store.models import ProviderCircuit
+from notifier.store.status import FAILED, SENT
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def provider_trouble(result: SendResult | None) -> bool | None:
         return None
     if result.status == "uncertain" or result.code in TROUBLE_CODES:
         return True
-    if result.status in ("sent", "failed"):
+    if result.status in (SENT, FAILED):
         return False
     return None
 

@@ -30,8 +30,8 @@ from notifier.delivery.outcomes import DispatchStats, close_notice
 from notifier.store.db import is_postgres
 from notifier.store.models import Broadcast, Customer, Disruption, Notification, OptOut, Sailing, utcnow
 from notifier.store.settings import Settings
+from notifier.store.status import BROADCAST_HELD_BACK, CLEARED, QUEUED, SENDING, SUPERSEDED, SUPPRESSED
 
-BLOCKED_BROADCAST_STATES = ("paused", "cancelled", "awaiting_approval")
 OPTED_OUT = "the recipient opted out of"
 STALE_AFTER_DEPARTURE = ("delayed", "advisory")  # a delay notice is useless once the sailing has left
 
@@ -43,11 +43,11 @@ def claim(session: Session, owner: str, limit: int, lease_seconds: int, now: dat
     them as plain records (Notification's columns). With settings, stale and opted-out notices are closed
     (expired / suppressed) instead of being leased. Core statements: this runs for every few sends."""
     table = Notification.__table__
-    blocked = select(Broadcast.id).where(Broadcast.status.in_(BLOCKED_BROADCAST_STATES))
+    blocked = select(Broadcast.id).where(Broadcast.status.in_(BROADCAST_HELD_BACK))
     query = (select(table, OptOut.id.label("opted_out"), Customer.channels.label("accepts"))
              .outerjoin(OptOut, and_(OptOut.channel == table.c.channel, OptOut.address == table.c.recipient))
              .outerjoin(Customer, Customer.id == table.c.customer_id)
-             .where(table.c.status == "queued",
+             .where(table.c.status == QUEUED,
                     or_(table.c.next_attempt_at.is_(None), table.c.next_attempt_at <= now),
                     or_(table.c.broadcast_id.is_(None), table.c.broadcast_id.not_in(blocked)))
              .order_by(table.c.priority, table.c.id).limit(limit))
@@ -65,12 +65,12 @@ def claim(session: Session, owner: str, limit: int, lease_seconds: int, now: dat
             setattr(stats, status, getattr(stats, status) + 1)
             stats.fallbacks += int(fell_back)
     lease_end = now + timedelta(seconds=lease_seconds)
-    claimed = [SimpleNamespace(**{**row._asdict(), "status": "sending", "lease_owner": owner,
+    claimed = [SimpleNamespace(**{**row._asdict(), "status": SENDING, "lease_owner": owner,
                                   "lease_expires_at": lease_end, "attempts": row.attempts + 1})
                for row in rows if row.id not in verdicts]
     if claimed:
         session.execute(update(table).where(table.c.id.in_([n.id for n in claimed]))
-                        .values(status="sending", lease_owner=owner, lease_expires_at=lease_end,
+                        .values(status=SENDING, lease_owner=owner, lease_expires_at=lease_end,
                                 attempts=table.c.attempts + 1))
     unnamed = [n for n in claimed if n.channel == "email" and not n.message_id and settings is not None]
     for notification in unnamed:
@@ -95,9 +95,9 @@ def screen(session: Session, notifications: Sequence[Any], settings: Settings, n
         elif notice.id in useless:
             verdicts[notice.id] = ("expired", useless[notice.id])
         elif not may_send(notice.opted_out is not None, notice.safety_critical, settings.safety_critical_opt_out):
-            verdicts[notice.id] = ("suppressed", f"{OPTED_OUT} {notice.channel}")
+            verdicts[notice.id] = (SUPPRESSED, f"{OPTED_OUT} {notice.channel}")
         elif notice.accepts is not None and notice.purpose != "fallback" and notice.channel not in notice.accepts:
-            verdicts[notice.id] = ("suppressed", f"the customer no longer accepts {notice.channel}")
+            verdicts[notice.id] = (SUPPRESSED, f"the customer no longer accepts {notice.channel}")
     return verdicts
 
 
@@ -115,11 +115,11 @@ def _useless_by_disruption(session: Session, notifications: Sequence[Any], now: 
         if fact is None or notification.purpose == "confirmation":
             continue  # a confirmation answers the customer's own choice: it stays true whatever the feed does
         departure = fact.estimated_departure or fact.scheduled_departure
-        if fact.status == "superseded":
+        if fact.status == SUPERSEDED:
             useless[notification.id] = "the disruption was superseded before this notice went out"
         elif fact.revision > notification.revision:
             useless[notification.id] = f"revision {fact.revision} of the disruption replaces this notice"
-        elif fact.status == "cleared" and fact.cleared_at and notification.created_at < fact.cleared_at:
+        elif fact.status == CLEARED and fact.cleared_at and notification.created_at < fact.cleared_at:
             useless[notification.id] = "the disruption was cleared before this notice went out"
         elif fact.kind in STALE_AFTER_DEPARTURE and departure and departure < now:
             useless[notification.id] = "the sailing has departed"

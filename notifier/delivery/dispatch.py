@@ -54,6 +54,7 @@ from notifier.privacy import mask_contact, redact
 from notifier.store.db import DatabaseError, is_postgres, transaction
 from notifier.store.models import Notification, utcnow
 from notifier.store.settings import ConfigError, Settings
+from notifier.store.status import QUEUED, SENDING, SENT
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class Dispatcher:
         now = self.clock()
         work = []
         with transaction(self.factory) as session:
-            accepted = [d for d in done if d.op == "send" and d.result is not None and d.result.status == "sent"]
+            accepted = [d for d in done if d.op == "send" and d.result is not None and d.result.status == SENT]
             record_sent(session, [(d.message.notification_id, d.kind, d.attempt, d.result.provider_id, d.started)
                                   for d in accepted], now, self.stats)
             others = [d for d in done if d not in accepted]
@@ -296,14 +297,14 @@ class Dispatcher:
         now = self.clock()
         with self.factory() as session:  # a plain read first: most sweeps find nothing and need no write lock
             owners = set(session.scalars(select(Notification.lease_owner).distinct().where(
-                Notification.status == "sending", Notification.lease_owner.is_not(None))))
+                Notification.status == SENDING, Notification.lease_owner.is_not(None))))
             expired = session.scalar(select(Notification.id).where(
-                Notification.status == "sending", Notification.lease_expires_at < now).limit(1)) is not None
+                Notification.status == SENDING, Notification.lease_expires_at < now).limit(1)) is not None
         gone = self._gone_owners(owners)
         if not expired and not gone:
             return []
         with transaction(self.factory) as session:
-            query = (select(Notification).where(Notification.status == "sending",
+            query = (select(Notification).where(Notification.status == SENDING,
                                                 or_(Notification.lease_expires_at < now,
                                                     Notification.lease_owner.in_(gone)),
                                                 Notification.channel.in_(list(self.channels)))
@@ -379,15 +380,15 @@ class Dispatcher:
     def _apply(self, session: Session, notification: Notification, item: _Done, now: datetime,
                taken: set[str]) -> None:
         if item.op == "reconcile":
-            if notification.status == "sending" and notification.lease_owner == self.owner:
+            if notification.status == SENDING and notification.lease_owner == self.owner:
                 record_reconciliation(session, notification, item.found, item.error, self.settings, now,
                                       self.stats, taken)
         elif item.result is None:
-            if notification.status == "sending" and notification.lease_owner == self.owner:
-                notification.status, notification.attempts = "queued", max(0, notification.attempts - 1)
+            if notification.status == SENDING and notification.lease_owner == self.owner:
+                notification.status, notification.attempts = QUEUED, max(0, notification.attempts - 1)
                 notification.lease_owner, notification.lease_expires_at = None, None
         else:
-            if item.result.status != "sent":
+            if item.result.status != SENT:
                 log.info("notification %s to %s: %s (%s)", notification.id, mask_contact(notification.recipient),
                          item.result.status, redact(item.result.reason))
             record_outcome(session, notification, item.result, self.settings, now, item.started, self.owner,

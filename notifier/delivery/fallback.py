@@ -26,6 +26,7 @@ from notifier.channels.segments import sms_segments
 from notifier.messages import Rendered, render
 from notifier.store.models import Booking, Customer, Disruption, Notification, Offer, Port, utcnow
 from notifier.delivery.optouts import may_send, opted_out_addresses
+from notifier.store.status import QUEUED
 
 log = logging.getLogger(__name__)
 OTHER_CHANNEL = {"sms": "email", "email": "sms"}
@@ -55,7 +56,7 @@ def plan_fallback(session: Session, notification: Notification, settings: Settin
            "recipient": address, "language": rendered.language, "template": notification.template,
            "purpose": "fallback", "subject": rendered.subject, "body_text": rendered.body_text,
            "body_html": rendered.body_html, "segments": rendered.segments,
-           "safety_critical": notification.safety_critical, "status": "queued", "priority": notification.priority,
+           "safety_critical": notification.safety_critical, "status": QUEUED, "priority": notification.priority,
            "attempts": 0, "created_at": notification.created_at or utcnow()}
     inserted = outbox.add(session, [row], columns=None)
     if inserted:

@@ -28,6 +28,7 @@ from notifier.delivery.optouts import record_opt_out
 from notifier.privacy import redact
 from notifier.store.models import DeliveryAttempt, Notification
 from notifier.store.settings import Settings
+from notifier.store.status import EXPIRED, QUEUED, SENDING, SENT, SUPPRESSED
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def record_outcome(session: Session, notification: Notification, result: SendRes
                                 started_at=started or now, finished_at=now, outcome=result.status,
                                 provider_id=result.provider_id, error_code=result.code,
                                 error_message=result.reason))
-    if result.status == "sent":
+    if result.status == SENT:
         mark_sent(notification, result.provider_id, now)
         stats.sent += 1
         stats.by_channel[notification.channel] = stats.by_channel.get(notification.channel, 0) + 1
@@ -105,7 +106,7 @@ def record_sent(session: Session, sent: list[tuple[int, str, int, str | None, da
     if not sent:
         return
     table = Notification.__table__
-    moving = or_(*(table.c.status == status for status in ("queued", "sending", "sent")))  # no IN: executemany
+    moving = or_(*(table.c.status == status for status in (QUEUED, SENDING, SENT)))  # no IN: executemany
     session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
         status=case((moving, "sent"), else_=table.c.status),
         error_code=case((moving, null()), else_=table.c.error_code),
@@ -127,8 +128,8 @@ def record_sent(session: Session, sent: list[tuple[int, str, int, str | None, da
 
 def mark_sent(notification: Notification, provider_id: str | None, now: datetime) -> None:
     """The provider has the message. A receipt that arrived first (delivered, undelivered) is kept."""
-    if notification.status in ("queued", "sending", "sent"):
-        notification.status = "sent"
+    if notification.status in (QUEUED, SENDING, SENT):
+        notification.status = SENT
         notification.error_code, notification.error_message = None, None
     notification.provider_id = notification.provider_id or provider_id
     notification.sent_at = notification.sent_at or now
@@ -143,7 +144,7 @@ def _retry_or_give_up(session: Session, notification: Notification, result: Send
         _fail(session, notification, result.code, f"not delivered by {deadline:%Y-%m-%d %H:%M} UTC after "
               f"{notification.attempts} attempts: {result.reason}", settings, now, stats)
     else:
-        notification.status = "queued"
+        notification.status = QUEUED
         notification.next_attempt_at = now + timedelta(seconds=delay)
         notification.lease_owner, notification.lease_expires_at = None, None
         stats.retried += 1
@@ -179,7 +180,7 @@ def close_notice(session: Session, notification: Notification, status: str, code
     notification.status, notification.final_at = status, now
     notification.error_code, notification.error_message = code, reason
     notification.lease_owner, notification.lease_expires_at = None, None
-    if status in ("expired", "suppressed"):
+    if status in (EXPIRED, SUPPRESSED):
         session.add(DeliveryAttempt(notification_id=notification.id, attempt_no=notification.attempts,
                                     started_at=now, finished_at=now, outcome=status, error_message=reason))
 
@@ -218,6 +219,6 @@ def record_reconciliation(session: Session, notification: Notification, found: l
               f"not sent after {notification.attempts} attempts: {notification.error_message or 'no answer'}",
               settings, now, stats)
     else:
-        notification.status, notification.next_attempt_at = "queued", None
+        notification.status, notification.next_attempt_at = QUEUED, None
         notification.lease_owner, notification.lease_expires_at = None, None
     return notification.status

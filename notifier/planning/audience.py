@@ -16,8 +16,8 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
-from notifier.disruptions import TOLD
 from notifier.store.models import Booking, Broadcast, Customer, Disruption, Notification, OptOut
+from notifier.store.status import CONFIRMED, TOLD
 
 _KIND = phonenumbers.PhoneNumberType
 # Personal numbers (a "follow-me" number, and Twilio's test numbers) forward to a mobile, so they take SMS too.
@@ -149,7 +149,7 @@ def booking_ids_page(session: Session, sailing_id: int, audience: str, accessibi
                      after_id: int, limit: int) -> list[int]:
     """One page (keyset by id) of live bookings on a sailing for an audience."""
     kinds = AUDIENCE_KINDS.get(audience, AUDIENCE_KINDS["all"])
-    conditions = [Booking.sailing_id == sailing_id, Booking.status == "confirmed", Booking.kind.in_(kinds),
+    conditions = [Booking.sailing_id == sailing_id, Booking.status == CONFIRMED, Booking.kind.in_(kinds),
                   Booking.id > after_id]
     if accessibility is not None:
         conditions.append(Booking.accessibility_needs.is_(accessibility))
@@ -164,7 +164,7 @@ def told_only(broadcast: Broadcast) -> bool:
 def audience_of(broadcast: Broadcast, disruption: Disruption) -> list[ColumnElement[bool]]:
     """Which bookings a broadcast tells about one disrupted sailing, as query conditions: the sailing's confirmed
     bookings of the broadcast's audience (an automatic all-clear: only those that were told of the disruption)."""
-    conditions = [Booking.sailing_id == disruption.sailing_id, Booking.status == "confirmed",
+    conditions = [Booking.sailing_id == disruption.sailing_id, Booking.status == CONFIRMED,
                   Booking.kind.in_(AUDIENCE_KINDS.get(broadcast.audience, AUDIENCE_KINDS["all"]))]
     if told_only(broadcast):
         conditions.append(Booking.id.in_(select(Notification.booking_id).where(

@@ -37,7 +37,7 @@ from notifier.store import audit
 from notifier.store.db import transaction
 from notifier.store.models import Booking, Broadcast, Disruption, Notification, utcnow
 from notifier.store.settings import Settings
-from notifier.store.status import CONFIRMED, PLANNING
+from notifier.store.status import APPROVED, AWAITING_APPROVAL, CONFIRMED, HELD, PLANNING, QUEUED, SENDING
 
 MAX_CHUNK = 2000  # bookings in the largest planning transaction
 
@@ -88,7 +88,7 @@ def start_planning(factory: sessionmaker[Session], broadcast_id: int) -> tuple[l
         broadcast.needs_approval = needs_approval
         manual = broadcast.origin == "manual"
     # A manual broadcast is always planned on hold: the preview shows exactly what `broadcast send` releases.
-    return disruption_ids, needs_approval, "held" if needs_approval or manual else "queued"
+    return disruption_ids, needs_approval, HELD if needs_approval or manual else QUEUED
 
 
 def record_planned(session: Session, broadcast_id: int, result: PlanResult, settings: Settings,
@@ -102,7 +102,7 @@ def record_planned(session: Session, broadcast_id: int, result: PlanResult, sett
     if broadcast.status == PLANNING and broadcast.origin == "manual":
         decide_manual_approval(broadcast, settings)
     elif broadcast.status == PLANNING:
-        broadcast.status = "awaiting_approval" if needs_approval else "sending"
+        broadcast.status = AWAITING_APPROVAL if needs_approval else SENDING
     audit.record(session, broadcast.created_by, "broadcast.planned", "broadcast", broadcast_id,
                  notifications=result.notifications, unreachable=len(result.unreachable), status=broadcast.status)
 
@@ -267,5 +267,5 @@ def decide_manual_approval(broadcast: Broadcast, settings: Settings) -> None:
         reasons.append(f"{broadcast.recipient_count} messages, above the approval threshold of "
                        f"{settings.approval_threshold}")
     broadcast.needs_approval = bool(reasons)
-    broadcast.status = "awaiting_approval" if reasons else "approved"
+    broadcast.status = AWAITING_APPROVAL if reasons else APPROVED
     broadcast.preview = {**(broadcast.preview or {}), "approval_reasons": reasons}

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from notifier.store.models import Booking, Disruption, Notification, Route, Sailing, utcnow
+from notifier.store.status import CANCELLED, SUPERSEDED
 
 DISRUPTING_KINDS = ("cancelled", "delayed", "port_omitted", "advisory")
 BOOKING_KINDS = ("passenger", "cargo")
@@ -41,7 +42,6 @@ EU_MAX_MINIMUM_PAYOUT = Decimal("6.00")
 EU_INFORMATION_MINUTES = 30
 # EU notices whose Art 16(1) deadline is running go ahead of every other notice in the outbox (lower = sooner).
 EU_PRIORITY_BAND = 10**10
-TOLD_STATUSES = ("sending", "sent", "delivered")
 
 
 class PolicyError(ValueError):
@@ -520,8 +520,8 @@ def eu_deadline_report(session: Session, now: datetime | None = None) -> list[De
         .join(Sailing, Sailing.id == Disruption.sailing_id).join(Route, Route.id == Sailing.route_id)
         .join(Booking, Booking.sailing_id == Sailing.id)
         .outerjoin(told, (told.c.booking_id == Booking.id) & (told.c.disruption_id == Disruption.id))
-        .where(Route.jurisdiction == "EU", Booking.kind == "passenger", Booking.status != "cancelled",
-               Disruption.kind.in_(("cancelled", "delayed")), Disruption.status != "superseded")
+        .where(Route.jurisdiction == "EU", Booking.kind == "passenger", Booking.status != CANCELLED,
+               Disruption.kind.in_(("cancelled", "delayed")), Disruption.status != SUPERSEDED)
         .order_by(Sailing.scheduled_departure, Booking.ref)).all()
     misses = []
     for ref, code, departure, disruption_id, kind, known_at, cleared_at, first_sent in rows:

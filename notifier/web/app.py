@@ -35,6 +35,7 @@ from notifier.store.paths import templates_dir
 from notifier.aftercare.responses import (ChoiceRefused, choice_keys, current_offers, decision_of, default_policy,
                                           offer_deadline, record_choice, sailing_view)
 from notifier.web.throttle import ChoiceThrottle
+from notifier.store.status import HELD
 
 PAGE_LANGUAGES = ("zh-CN", "en")
 FORM_MAX_AGE_SECONDS = 24 * 3600
@@ -253,7 +254,7 @@ def _choice_context(session: Session, booking: Booking, disruption: Disruption, 
     for offer in offers:
         if offer.kind in ("rebook", "standby"):
             view = sailing_view(session, offer.sailing_id, lang)
-            options.append(view | {"key": offer.option_key, "kind": offer.kind, "held": offer.status == "held"
+            options.append(view | {"key": offer.option_key, "kind": offer.kind, "held": offer.status == HELD
                                    and bool(held_places(offer))})
         elif offer.kind == "refund":
             refund = {"key": offer.option_key, "kind": "refund",

@@ -50,6 +50,8 @@ from notifier.delivery.optouts import (UnsubscribeLinkError, keyword, language_o
 from notifier.privacy import mask_contact, redact
 from notifier.aftercare.satisfaction import answer_sms_score
 from notifier.web import inbound
+from notifier.store.status import (CANCELLED, DELIVERED, EXPIRED, FAILED, HELD, QUEUED, SENDING, SENT, SUPPRESSED,
+                                   UNDELIVERED)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ webhooks = Blueprint("webhooks", __name__)
 TWILIO_STEPS = {"accepted": "sent", "scheduled": "sent", "queued": "sent", "sending": "sent", "sent": "sent",
                 "delivered": "delivered", "read": "delivered", "undelivered": "undelivered", "failed": "failed",
                 "canceled": "failed"}
-ORDER = {"queued": 0, "sending": 1, "expired": 2, "sent": 3, "delivered": 4, "undelivered": 5, "failed": 6}
-UNTOUCHABLE = ("suppressed", "cancelled", "held")
+ORDER = {QUEUED: 0, SENDING: 1, EXPIRED: 2, SENT: 3, DELIVERED: 4, UNDELIVERED: 5, FAILED: 6}
+UNTOUCHABLE = (SUPPRESSED, CANCELLED, HELD)
 
 
 def _settings() -> Settings:
