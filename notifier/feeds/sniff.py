@@ -36,6 +36,8 @@ _NWS_TYPE = re.compile(r'"type"\s*:\s*"Feature(?:Collection)?"')
 _DCSA_KEYS = re.compile(r'"(?:vesselSchedules|transportCalls|carrierServiceCode|transportEventTypeCode)"'
                         r'|"eventType"\s*:\s*"(?:TRANSPORT|SHIPMENT|EQUIPMENT)"')
 _PORT_STATUS_KEYS = re.compile(r'"(?:notices|locode)"\s*:')
+# A CAP <alert> inside some wrapper (<alerts>, <feed> of a met service): any element named alert after the root.
+_CAP_INSIDE = re.compile(r"<(?:[\w.-]+:)?alert[\s>]")
 
 
 # --- sniffing ---------------------------------------------------------------------------------------------------
@@ -87,6 +89,8 @@ def _sniff_xml(text: str) -> str:
         return "cap"
     if element in ("feed", "rss"):
         return "atom"
+    if _CAP_INSIDE.search(text, root.end()):
+        return "cap"
     raise FeedParseError(f"unrecognised feed format: XML with root <{element}> (expected CAP <alert>, "
                          "ATOM <feed> or RSS <rss>)")
 
@@ -128,12 +132,7 @@ class Parser(Protocol):
     def __call__(self, data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]: ...
 
 
-def _parse_cap(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:
-    # A CAP document is one alert: nothing is ever left out, so there is nothing to note.
-    return cap.parse(data, source)
-
-
-PARSERS: dict[str, Parser] = {"cap": _parse_cap, "atom": atom.parse, "nws": nws.parse, "gtfs_rt": gtfs_rt.parse,
+PARSERS: dict[str, Parser] = {"cap": cap.parse, "atom": atom.parse, "nws": nws.parse, "gtfs_rt": gtfs_rt.parse,
                               "dcsa": dcsa.parse, "port_status": port_status.parse}
 
 
