@@ -33,8 +33,8 @@ _XML_PROLOG = re.compile(r"\A(?:\s+|<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(?:\[.*
 _XML_ROOT = re.compile(r"<(?:[\w.-]+:)?([\w.-]+)")
 _PROTO_SCHEMA = re.compile(r"^\s*(?:syntax\s*=|package\s+[\w.]+\s*;|message\s+\w+\s*\{)", re.MULTILINE)
 _NWS_TYPE = re.compile(r'"type"\s*:\s*"Feature(?:Collection)?"')
-_DCSA_KEYS = re.compile(r'"(?:vesselSchedules|transportCalls|carrierServiceCode|transportEventTypeCode)"'
-                        r'|"eventType"\s*:\s*"(?:TRANSPORT|SHIPMENT|EQUIPMENT)"')
+_DCSA_KEYS = re.compile(r'"(?:vesselSchedules|transportCalls|carrierServiceCode|transportEventTypeCode'
+                        r'|eventClassification)"|"eventType"\s*:\s*"(?:TRANSPORT|SHIPMENT|EQUIPMENT)"')
 _PORT_STATUS_KEYS = re.compile(r'"(?:notices|locode)"\s*:')
 # A CAP <alert> inside some wrapper (<alerts>, <feed> of a met service): any element named alert after the root.
 _CAP_INSIDE = re.compile(r"<(?:[\w.-]+:)?alert[\s>]")
