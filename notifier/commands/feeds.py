@@ -19,7 +19,7 @@ def feeds() -> None:
 @feeds.command("inspect")
 @click.argument("path_or_url")
 @click.option("--format", "feed_format", default="auto", show_default=True,
-              type=click.Choice(["auto", "cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status"]),
+              type=click.Choice(["auto", "cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status", "hko_warnings"]),
               help="The feed's format; auto sniffs it from the content.")
 @click.option("--source", default="", help="Name to record as the source when the feed does not say.")
 def feeds_inspect(path_or_url: str, feed_format: str, source: str) -> None:
