@@ -50,8 +50,9 @@ def told(factory, template: str) -> set[int]:
 def send(factory, tmp_settings, moment: datetime) -> None:
     """The dispatcher's run at that moment: what the outbox holds goes out (to files)."""
     with time_machine.travel(moment, tick=False):
-        dispatch_all(factory, tmp_settings, {"sms": FileSmsChannel(tmp_settings.outbox_dir),
-                                                              "email": FileEmailChannel(tmp_settings.outbox_dir, "ferries@example.com")})
+        channels = {"sms": FileSmsChannel(tmp_settings.outbox_dir),
+                    "email": FileEmailChannel(tmp_settings.outbox_dir, "ferries@example.com")}
+        dispatch_all(factory, tmp_settings, channels)
 
 
 def observe(feed_file, relative: str):
