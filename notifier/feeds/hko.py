@@ -10,6 +10,7 @@ of the same warning, and CANCEL clears it. The rules test the language-independe
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from notifier.feeds import FeedParseError, Observation
@@ -95,7 +96,7 @@ def _info_observation(entry: Any, source: str) -> Observation:
                         "\n".join(contents))
 
 
-def _observation(statement: str, code: str, name: str, updated: Any, source: str, action: str,
+def _observation(statement: str, code: str, name: str, updated: datetime, source: str, action: str,
                  description: str = "") -> Observation:
     """The Observation for one warning; its language is the text's (English unless Chinese is written)."""
     language = _language(description or name)
