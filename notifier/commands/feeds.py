@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from notifier.commands.common import ROW_ID, echo_lines, open_database, operator_option, settings_from
+
+if TYPE_CHECKING:
+    from notifier.feeds import Observation
+    from notifier.rules.model import Rule
+    from notifier.rules.network import Network
+    from notifier.store.settings import Settings
 
 
 @click.group()
@@ -19,11 +27,13 @@ def feeds() -> None:
 @feeds.command("inspect")
 @click.argument("path_or_url")
 @click.option("--format", "feed_format", default="auto", show_default=True,
-              type=click.Choice(["auto", "cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status"]),
+              type=click.Choice(["auto", "cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status", "hko_warnings"]),
               help="The feed's format; auto sniffs it from the content.")
 @click.option("--source", default="", help="Name to record as the source when the feed does not say.")
-def feeds_inspect(path_or_url: str, feed_format: str, source: str) -> None:
-    """Print the normalised observations of a feed file or URL as JSON lines (notes go to stderr)."""
+@click.pass_context
+def feeds_inspect(ctx: click.Context, path_or_url: str, feed_format: str, source: str) -> None:
+    """Print the normalised observations of a feed file or URL as JSON lines; notes, and which rule would take
+    each observation (with the sailings of the configured network it would reach), go to stderr."""
     from notifier.feeds import FeedParseError
     from notifier.feeds.fetch import fetch
     from notifier.feeds.sniff import parse_any
@@ -39,6 +49,51 @@ def feeds_inspect(path_or_url: str, feed_format: str, source: str) -> None:
         click.echo(json.dumps(observation.to_json(), ensure_ascii=False, sort_keys=True))
     for note in notes:
         click.echo(f"note: {note}", err=True)
+    for line in _rule_lines(settings_from(ctx), observations):
+        click.echo(line, err=True)
+
+
+def _rule_lines(settings: Settings, observations: list[Observation]) -> list[str]:
+    """Which rule would take each observation, so an operator sees at once whether a new feed matters here."""
+    from pathlib import Path
+
+    from notifier.ops.console import inspect_rule_lines
+    from notifier.rules.evaluate import evaluate
+    from notifier.rules.load import load_rules
+    from notifier.rules.network import Network
+    from notifier.store.models import utcnow
+    from notifier.store.paths import rules_dir
+
+    rules, now = load_rules([rules_dir(), *map(Path, settings.rules_dirs)]), utcnow()
+    network = _network(settings, now)
+    verdicts = []
+    for observation in observations:
+        matches = evaluate(rules, observation, network or Network([], []), now, explain=False)
+        verdicts.append((observation, [(m.rule_id, m.rule.then.kind, len(m.impacts)) for m in matches
+                                       if m.matched or _takes(m.rule, observation, now)]))
+    return inspect_rule_lines(verdicts, network is not None)
+
+
+def _takes(rule: Rule, observation: Observation, now: datetime) -> bool:
+    """The rule's `when:` holds: it takes the observation, whether or not a sailing of this network is in reach."""
+    from notifier.rules.conditions import check_condition
+
+    return ((rule.kind is None or rule.kind == observation.kind)
+            and all(check_condition(c, observation, now, False)[0] for c in rule.conditions))
+
+
+def _network(settings: Settings, now: datetime) -> Network | None:
+    """The configured database's ports and sailings, or None where there is none (inspecting needs no database)."""
+    from notifier.errors import NotifierError
+    from notifier.ops.pipeline import load_network, read_zone_table
+
+    try:
+        factory = open_database(settings)
+    except NotifierError:
+        return None
+    zone_table = read_zone_table(settings.zone_codes_file) if settings.zone_codes_file else None
+    with factory() as session:
+        return load_network(session, now, zone_table)
 
 
 @feeds.command("list")

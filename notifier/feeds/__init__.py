@@ -47,7 +47,7 @@ class Observation:
     """One normalised item of one feed version (an alert, a trip update, a port call, a port notice)."""
 
     source: str  # who published it (CAP sender, feed name)
-    format: str  # cap | nws | gtfs_rt | dcsa | port_status
+    format: str  # cap | atom | nws | gtfs_rt | dcsa | port_status | hko_warnings
     kind: str  # weather_alert | trip_update | service_alert | port_call | port_status
     external_id: str  # stable id of the item across versions
     version: str  # what changes when the publisher re-issues it (CAP sent, NWS sent, feed timestamp ...)

@@ -1,12 +1,15 @@
 """CAP (OASIS Common Alerting Protocol) 1.0 / 1.1 / 1.2 alerts: bytes -> Observations. Pure: no I/O.
 
 Read through defusedxml (no entities, no external references). Namespaces and prefixes vary between publishers
-(`cap:alert`, default namespace, CAP 1.1 namespace), so elements are matched by local name.
+(`cap:alert`, default namespace, CAP 1.1 namespace), so elements are matched by local name. Two publisher habits
+are read rather than refused: several alerts wrapped in one non-standard root (`<alerts>`), each read as its own
+alert; and the WMO CAP composer's `cap:` prefix used without being declared, read as CAP 1.2 with a note.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from xml.etree.ElementTree import Element, ParseError
 
@@ -19,15 +22,47 @@ from notifier.feeds.reading import PARSE_SECONDS, Deadline, aware_time, check_si
 CAP_NAMESPACES = ("urn:oasis:names:tc:emergency:cap:1.2", "urn:oasis:names:tc:emergency:cap:1.1",
                   "http://www.incident.com/cap/1.0")
 MSG_TYPES = {"Alert", "Update", "Cancel", "Ack", "Error"}
+# The WMO CAP composer writes `<cap:alert xmlns="urn:...:cap:1.2">`: the prefix is used but never declared.
+_UNDECLARED_CAP_ROOT = re.compile(rb"<cap:alert(?=[\s>/])(?![^>]*xmlns:cap=)")
+COMPOSER_NOTE = ("CAP alert uses the prefix cap: without declaring it (as the WMO CAP composer writes it); "
+                 "read as CAP 1.2")
 
 
-def parse(data: bytes, source: str = "", seconds: float = PARSE_SECONDS) -> list[Observation]:
-    """Parse one CAP alert document into one Observation, refusing it if that takes longer than `seconds`."""
+def parse(data: bytes, source: str = "", notes: list[str] | None = None,
+          seconds: float = PARSE_SECONDS) -> list[Observation]:
+    """Parse a CAP alert document (or a wrapper of several alerts) into one Observation per alert, refusing it
+    if that takes longer than `seconds`; a composer quirk read anyway is noted in `notes` and on the item."""
     deadline = Deadline(seconds)
-    root = parse_xml(data, what="CAP alert")
-    if local_name(root.tag) != "alert":
-        raise FeedParseError(f"not a CAP alert: the document's root element is <{local_name(root.tag)}>")
-    return [alert_to_observation(root, deadline)]
+    warnings: list[str] = []
+    root = _parse_cap_xml(data, warnings)
+    if local_name(root.tag) == "alert":
+        alerts = [root]
+    else:
+        alerts = children(root, "alert")
+        if not alerts:
+            raise FeedParseError(f"not a CAP alert: the document's root element is <{local_name(root.tag)}>, "
+                                 "with no <alert> inside")
+    observations = [alert_to_observation(alert, deadline) for alert in deadline.over(alerts)]
+    for observation in observations if warnings else []:
+        observation.fields["feed_warnings"] = list(warnings)
+    if notes is not None:
+        notes.extend(warnings)
+    return observations
+
+
+def _parse_cap_xml(data: bytes, warnings: list[str]) -> Element:
+    """The document's root; with the composer's undeclared `cap:` prefix declared as CAP 1.2 when that is the only
+    fault (anything else malformed is refused as before)."""
+    try:
+        return parse_xml(data, what="CAP alert")
+    except FeedParseError as exc:
+        head = data[:4096]
+        if "unbound prefix" not in str(exc) or not _UNDECLARED_CAP_ROOT.search(head):
+            raise
+    declared = _UNDECLARED_CAP_ROOT.sub(f'<cap:alert xmlns:cap="{CAP_NAMESPACES[0]}"'.encode(), data, count=1)
+    root = parse_xml(declared, what="CAP alert")
+    warnings.append(COMPOSER_NOTE)
+    return root
 
 
 def parse_xml(data: bytes, what: str) -> Element:

@@ -1,9 +1,16 @@
-"""DCSA Operational Vessel Schedules 3.0 and Track & Trace 2.2 (JSON) -> port call Observations. Pure: no I/O.
+"""DCSA Operational Vessel Schedules 3.0, Commercial Schedules 1.0 and Track & Trace 2.2 / 3.0 (JSON) -> port call
+Observations. Pure: no I/O.
 
 OVS: a list of services -> vesselSchedules -> transportCalls. Each transport call becomes one Observation: its
 status (OMIT, BLNK, CUTR ...), its planned / estimated / actual arrival and departure, and the delay of the best
 known time (actual, else estimated) against the planned one. A call has no version of its own, so the version is
 a digest of its content: re-reading an unchanged schedule creates nothing new.
+
+Commercial Schedules 1.0: vessel schedules have the OVS shape and are read as such; a port schedule (a location
+with the vessels calling there, each with its service partners) is read as one transport call per vessel.
+
+T&T 3.0 classifies an event in `eventClassification` (eventTypeCode, eventClassifierCode,
+transportEventTypeCode) and nests the call in `transportDetails.transportCall`; it is read into the 2.2 shape.
 
 T&T: a list of events. Only TRANSPORT events (a vessel arriving or departing) matter for sailings; SHIPMENT and
 EQUIPMENT events are left out and counted in a note. Events are immutable facts, so the event id is the external
@@ -101,16 +108,25 @@ def parse(data: bytes, source: str = "", notes: list[str] | None = None,
     for number, record in enumerate(deadline.over(document), 1):
         if not isinstance(record, dict):
             raise FeedParseError(f"DCSA record {number} is not a JSON object")
-        if "vesselSchedules" in record:
+        if "vesselSchedules" in record and "location" in record and "carrierServiceCode" not in record:
+            observations.extend(port_schedule_observations(record, publisher, deadline))
+        elif "vesselSchedules" in record:
             observations.extend(service_observations(record, publisher, deadline))
+        elif "eventClassification" in record:
+            event_type = _text(_object(record["eventClassification"], f"DCSA event {number}: eventClassification"),
+                               "eventTypeCode", f"DCSA event {number}")
+            if event_type == "TRANSPORT":
+                observations.append(transport_event_observation(_as_tnt_22(record), publisher))
+            else:
+                left_out[event_type[:20] or "unclassified"] += 1
         elif "eventType" in record:
             if record["eventType"] == "TRANSPORT":
                 observations.append(transport_event_observation(record, publisher))
             else:
                 left_out[str(record["eventType"])[:20]] += 1
         else:
-            raise FeedParseError(f"DCSA record {number} is neither an OVS service (vesselSchedules) nor a T&T "
-                                 "event (eventType)")
+            raise FeedParseError(f"DCSA record {number} is neither a schedule (vesselSchedules) nor a T&T "
+                                 "event (eventType, eventClassification)")
     if left_out and notes is not None:
         notes.extend(f"{count} {kind} events left out: not relevant to sailings"
                      for kind, count in sorted(left_out.items()))
@@ -197,7 +213,7 @@ def transport_call_observation(service: dict[str, Any], schedule: dict[str, Any]
         carrier_voyage=_voyage(import_voyage, export_voyage), import_voyage=import_voyage,
         export_voyage=export_voyage, port_call_status=status or None,
         port_visit_reference=_text(call, "portVisitReference", where),
-        facility_smdg_code=_text(location, "facilitySMDGCode", where),
+        facility_smdg_code=_text(location, "facilitySMDGCode", where) or _smdg_facility(location, where),
         location_name=_text(location, "locationName", where),
         event_type=lead["event_type"] if lead else None, classifier=lead["classifier"] if lead else None,
         timestamps=[{k: iso(v) if isinstance(v, datetime) else v for k, v in t.items()} for t in timestamps],
@@ -209,6 +225,36 @@ def transport_call_observation(service: dict[str, Any], schedule: dict[str, Any]
         observation.fields["delay_minutes"] = delay
     observation.headline = _headline(observation)
     return observation
+
+
+def _smdg_facility(location: dict[str, Any], where: str) -> str:
+    """A terminal given as CS 1.0 writes it: {"facilityCode": ..., "facilityCodeListProvider": "SMDG"}."""
+    facility = _object(location.get("facility"), f"{where}: facility")
+    if _text(facility, "facilityCodeListProvider", where) != "SMDG":
+        return ""
+    return _text(facility, "facilityCode", where)
+
+
+# --- Commercial Schedules 1.0 port schedules ---------------------------------------------------------------------
+
+def port_schedule_observations(port: dict[str, Any], source: str,
+                               deadline: Deadline | None = None) -> list[Observation]:
+    """Every vessel calling at one CS 1.0 port schedule's location, read as an OVS transport call."""
+    deadline = deadline or Deadline()
+    location = _object(port.get("location"), "CS port schedule location")
+    where = f"CS port schedule {_text(location, 'UNLocationCode', 'CS port schedule location')}"
+    observations = []
+    for vessel in deadline.over(_objects(port.get("vesselSchedules"), f"{where}: vesselSchedules")):
+        partners = _objects(vessel.get("servicePartners"), f"{where}: servicePartners")
+        partner = partners[0] if partners else {}
+        service = {"carrierServiceCode": partner.get("carrierServiceCode"),
+                   "carrierServiceName": partner.get("carrierServiceName")}
+        call = {"transportCallReference": vessel.get("transportCallReference"), "location": location,
+                "carrierImportVoyageNumber": partner.get("carrierImportVoyageNumber"),
+                "carrierExportVoyageNumber": partner.get("carrierExportVoyageNumber"),
+                "statusCode": vessel.get("statusCode"), "timestamps": vessel.get("timestamps")}
+        observations.append(transport_call_observation(service, vessel, call, source, deadline))
+    return observations
 
 
 def _timestamp(timestamp: dict[str, Any], where: str) -> dict[str, Any]:
@@ -308,6 +354,24 @@ def transport_event_observation(event: dict[str, Any], source: str) -> Observati
     _apply_delay_reason(observation, _text(event, "delayReasonCode", where), _text(event, "changeRemark", where))
     observation.headline = _headline(observation)
     return observation
+
+
+def _as_tnt_22(event: dict[str, Any]) -> dict[str, Any]:
+    """A T&T 3.0 TRANSPORT event in the 2.2 shape: the classification flattened, the call out of transportDetails."""
+    where = f"T&T event {_text(event, 'eventID', 'T&T event')[:60]}"
+    classification = _object(event.get("eventClassification"), f"{where}: eventClassification")
+    details = _object(event.get("transportDetails"), f"{where}: transportDetails")
+    call = dict(_object(details.get("transportCall") or event.get("transportCall"), f"{where}: transportCall"))
+    call.setdefault("location", event.get("eventLocation"))
+
+    def either(key: str) -> Any:
+        return classification.get(key) if classification.get(key) is not None else event.get(key)
+
+    return {"eventID": event.get("eventID"), "eventDateTime": event.get("eventDateTime"),
+            "eventCreatedDateTime": event.get("eventUpdatedDateTime") or event.get("eventCreatedDateTime"),
+            "transportEventTypeCode": either("transportEventTypeCode"),
+            "eventClassifierCode": either("eventClassifierCode"), "delayReasonCode": either("delayReasonCode"),
+            "changeRemark": either("changeRemark"), "transportCall": call}
 
 
 # --- shared -----------------------------------------------------------------------------------------------------

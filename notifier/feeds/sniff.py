@@ -13,11 +13,11 @@ import re
 from typing import Protocol
 
 from notifier.feeds import FeedParseError, Observation, check_storable
-from notifier.feeds import atom, cap, dcsa, gtfs_rt, nws, port_status
+from notifier.feeds import atom, cap, dcsa, gtfs_rt, hko, nws, port_status
 from notifier.feeds.gtfs_rt import GTFS_RT_TEXT
 from notifier.feeds.reading import check_size, text_encoding
 
-FORMATS = ("cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status")
+FORMATS = ("cap", "atom", "nws", "gtfs_rt", "dcsa", "port_status", "hko_warnings")
 # How much of the body sniffing looks at: enough for an XML prolog with comments, or a JSON object's first keys.
 SNIFF_BYTES = 65_536
 
@@ -33,15 +33,19 @@ _XML_PROLOG = re.compile(r"\A(?:\s+|<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(?:\[.*
 _XML_ROOT = re.compile(r"<(?:[\w.-]+:)?([\w.-]+)")
 _PROTO_SCHEMA = re.compile(r"^\s*(?:syntax\s*=|package\s+[\w.]+\s*;|message\s+\w+\s*\{)", re.MULTILINE)
 _NWS_TYPE = re.compile(r'"type"\s*:\s*"Feature(?:Collection)?"')
-_DCSA_KEYS = re.compile(r'"(?:vesselSchedules|transportCalls|carrierServiceCode|transportEventTypeCode)"'
-                        r'|"eventType"\s*:\s*"(?:TRANSPORT|SHIPMENT|EQUIPMENT)"')
+_DCSA_KEYS = re.compile(r'"(?:vesselSchedules|transportCalls|carrierServiceCode|transportEventTypeCode'
+                        r'|eventClassification)"|"eventType"\s*:\s*"(?:TRANSPORT|SHIPMENT|EQUIPMENT)"')
+# warnsum entries carry an actionCode, warningInfo details a warningStatementCode.
+_HKO_KEYS = re.compile(r'"(?:actionCode|warningStatementCode)"\s*:')
+# A CAP <alert> inside some wrapper (<alerts>, <feed> of a met service): any element named alert after the root.
+_CAP_INSIDE = re.compile(r"<(?:[\w.-]+:)?alert[\s>]")
 _PORT_STATUS_KEYS = re.compile(r'"(?:notices|locode)"\s*:')
 
 
 # --- sniffing ---------------------------------------------------------------------------------------------------
 
 def sniff(data: bytes, filename: str = "") -> str:
-    """Name the format of a feed body: cap, atom, nws, gtfs_rt, dcsa or port_status; refuse anything else."""
+    """Name the format of a feed body: one of FORMATS; refuse anything else."""
     if not data.strip():
         raise FeedParseError("empty feed body: nothing to parse")
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
@@ -87,6 +91,8 @@ def _sniff_xml(text: str) -> str:
         return "cap"
     if element in ("feed", "rss"):
         return "atom"
+    if _CAP_INSIDE.search(text, root.end()):
+        return "cap"
     raise FeedParseError(f"unrecognised feed format: XML with root <{element}> (expected CAP <alert>, "
                          "ATOM <feed> or RSS <rss>)")
 
@@ -94,12 +100,14 @@ def _sniff_xml(text: str) -> str:
 def _sniff_json(text: str) -> str:
     if _NWS_TYPE.search(text):
         return "nws"
+    if _HKO_KEYS.search(text):
+        return "hko_warnings"
     if _DCSA_KEYS.search(text):
         return "dcsa"
     if _PORT_STATUS_KEYS.search(text):
         return "port_status"
     raise FeedParseError("unrecognised feed format: JSON that is neither NWS GeoJSON alerts, DCSA schedules or "
-                         "events, nor port status notices")
+                         "events, Hong Kong Observatory warnings, nor port status notices")
 
 
 def _sniff_table(text: str, name: str) -> str:
@@ -128,13 +136,8 @@ class Parser(Protocol):
     def __call__(self, data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]: ...
 
 
-def _parse_cap(data: bytes, source: str = "", notes: list[str] | None = None) -> list[Observation]:
-    # A CAP document is one alert: nothing is ever left out, so there is nothing to note.
-    return cap.parse(data, source)
-
-
-PARSERS: dict[str, Parser] = {"cap": _parse_cap, "atom": atom.parse, "nws": nws.parse, "gtfs_rt": gtfs_rt.parse,
-                              "dcsa": dcsa.parse, "port_status": port_status.parse}
+PARSERS: dict[str, Parser] = {"cap": cap.parse, "atom": atom.parse, "nws": nws.parse, "gtfs_rt": gtfs_rt.parse,
+                              "dcsa": dcsa.parse, "port_status": port_status.parse, "hko_warnings": hko.parse}
 
 
 def parse_any(data: bytes, format: str | None = None, source: str = "", filename: str = "",

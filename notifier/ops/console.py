@@ -553,6 +553,22 @@ def rule_set_lines(loaded: RuleSet) -> list[str]:
     return lines
 
 
+def inspect_rule_lines(verdicts: list[tuple[Any, list[tuple[str, str, int]]]], network: bool) -> list[str]:
+    """`feeds inspect`: for each observation, the rules that would take it (rule id, what it makes, how many
+    sailings of this network it reaches), or that none would; a Cancel clears instead of matching."""
+    lines = []
+    for observation, taken in verdicts:
+        item = f"rules: {observation.external_id[:60]}"
+        if observation.msg_type == "Cancel":
+            lines.append(f"{item}: a Cancel - clears what its earlier versions raised (no rule is needed)")
+        elif not taken:
+            lines.append(f"{item}: no rule takes it")
+        for rule_id, kind, sailings in taken:
+            reach = f"{sailings} sailing(s) of this network" if network else "no database here to count sailings"
+            lines.append(f"{item}: taken by {rule_id} ({kind}; {reach})")
+    return lines
+
+
 def config_lines(masked: dict[str, Any]) -> list[str]:
     """`config show`: every setting, secrets masked."""
     lines = []

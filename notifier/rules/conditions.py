@@ -158,7 +158,7 @@ def check_condition(condition: Condition | AnyOf, observation: Observation, now:
 
 # The fields that say what kind of hazard or state an observation is (a near miss is never one of these).
 HAZARD_PATHS = ("kind", "msg_type", "event", "fields.effect", "fields.port_call_status", "fields.schedule_relationship",
-                "fields.status")
+                "fields.status", "fields.warning_code")
 
 
 def names_hazard(condition: Condition | AnyOf) -> bool:

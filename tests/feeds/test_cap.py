@@ -67,3 +67,35 @@ def test_cancel_without_info_still_names_what_it_cancels(feed_file):
 def test_malformed_alerts_are_refused_with_the_reason(data, reason):
     with pytest.raises(FeedParseError, match=reason):
         cap.parse(data)
+
+
+# --- publishers' habits ------------------------------------------------------------------------------------------
+
+def test_a_wrapper_of_several_alerts_yields_each_alert(feed_file):
+    notes: list[str] = []
+    gale, storm = cap.parse(feed_file("handmade/smhi-cap-alerts.xml"), notes=notes)
+    assert (gale.external_id, storm.external_id) == ("SMHI-2026-0914-0001", "SMHI-2026-0914-0002")
+    assert gale.event == "Gale" and "sv-SE" in gale.texts and storm.severity == "Severe"
+    assert notes == [] and "feed_warnings" not in gale.fields
+
+
+def test_the_composers_undeclared_cap_prefix_is_read_with_a_warning_on_the_item(feed_file):
+    notes: list[str] = []
+    [alert] = cap.parse(feed_file("handmade/wmo-composer-undeclared-prefix.xml"), notes=notes)
+    assert alert.event == "Tropical Cyclone" and alert.severity == "Severe"
+    assert notes == [cap.COMPOSER_NOTE]
+    assert alert.fields["feed_warnings"] == [cap.COMPOSER_NOTE]  # stored with the item, for whoever looks later
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b'<alerts><note>none</note></alerts>', "root element is <alerts>, with no <alert> inside"),
+    (b'<other:alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>x</identifier></other:alert>',
+     "not well-formed"),
+    (b'<cap:alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><cap:identifier>x</cap:identifier>',
+     "not well-formed"),
+    (b'<cap:alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>x</identifier><sender>s</sender>'
+     b'<sent>2026-09-14T09:40:00+08:00</sent><gml:pos>1 2</gml:pos></cap:alert>', "not well-formed"),
+])
+def test_other_malformed_cap_is_still_refused(data, reason):
+    with pytest.raises(FeedParseError, match=reason):
+        cap.parse(data)

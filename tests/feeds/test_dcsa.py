@@ -108,10 +108,58 @@ def _call(**changes) -> bytes:
     (b'[{"eventType": "TRANSPORT", "eventDateTime": "2025-01-01T00:00:00Z"}]', "has no eventID"),
     (b'[{"eventType": "TRANSPORT", "eventID": "e", "eventDateTime": "2025-01-01T00:00:00Z", '
      b'"transportCall": "HKHKG"}]', "transportCall should be a JSON object"),
-    (b'[{"carrier": "x"}]', "neither an OVS service"),
+    (b'[{"carrier": "x"}]', "neither a schedule (vesselSchedules) nor a T&T event"),
     (b'["x"]', "is not a JSON object"),
     (b'"schedule"', "must be a JSON list"),
 ])
 def test_malformed_dcsa_records_are_refused_with_the_reason(data, reason):
     with pytest.raises(FeedParseError, match=re.escape(reason)):
         dcsa.parse(data)
+
+
+# --- T&T 3.0 and Commercial Schedules 1.0 -------------------------------------------------------------------------
+
+def test_a_tnt_30_transport_event_is_the_same_port_call_as_in_22(feed_file):
+    [arrival] = dcsa.parse(feed_file("dcsa/tnt-300-request-transport.json"))
+    assert arrival.kind == "port_call" and arrival.event == "Vessel arrival (actual)"
+    assert arrival.external_id == "evt-trans-001-2026-01-20T12:30:00Z"
+    assert arrival.ports == ["DEHAM"] and arrival.routes == ["SVC001"]
+    assert arrival.fields["vessel_imo"] == "1234567" and arrival.fields["carrier_voyage"] == "V001N/V001E"
+    assert arrival.fields["actual_arrival"] == "2026-01-20T12:30:00+00:00"
+    assert arrival.fields["transport_call_id"] == "tc-12345-abc"
+
+
+def test_tnt_30_shipment_and_equipment_events_are_left_out_with_a_note():
+    events = json.dumps({"events": [
+        {"eventID": "e1", "eventDateTime": "2026-01-20T12:30:00Z",
+         "eventClassification": {"eventTypeCode": "EQUIPMENT", "eventClassifierCode": "ACT"}},
+        {"eventID": "e2", "eventDateTime": "2026-01-20T12:30:00Z",
+         "eventClassification": {"eventTypeCode": "SHIPMENT", "eventClassifierCode": "ACT"}},
+        {"eventID": "e3", "eventDateTime": "2026-01-21T08:00:00+08:00", "eventUpdatedDateTime": "2026-01-20T09:00:00Z",
+         "eventClassification": {"eventTypeCode": "TRANSPORT", "eventClassifierCode": "EST",
+                                 "transportEventTypeCode": "DEPA", "delayReasonCode": "WEA"},
+         "transportDetails": {"transportCall": {"UNLocationCode": "HKHKG", "exportVoyageNumber": "2103S",
+                                                "vessel": {"vesselIMONumber": "9321483"}}}},
+    ]}).encode()
+    notes: list[str] = []
+    [departure] = dcsa.parse(events, notes=notes)
+    assert departure.event == "Vessel departure (estimated)" and departure.ports == ["HKHKG"]
+    assert departure.fields["delay_reason"] == "Bad weather"
+    assert departure.version == "2026-01-20T09:00:00+00:00"  # a re-sent, updated event is a new version
+    assert notes == ["1 EQUIPMENT events left out: not relevant to sailings",
+                     "1 SHIPMENT events left out: not relevant to sailings"]
+
+
+def test_cs_10_vessel_schedules_give_calls_by_locode_and_smdg_terminal(feed_file):
+    hong_kong, shekou = dcsa.parse(feed_file("handmade/dcsa-cs-100-vessel-schedules.json"))
+    assert hong_kong.ports == ["HKHKG"] and hong_kong.fields["facility_smdg_code"] == "HIT"
+    assert hong_kong.fields["vessel_imo"] == "9321483" and hong_kong.fields["delay_minutes"] == 720
+    assert hong_kong.fields["delay_reason_code"] == "WEA" and "Typhoon signal" in hong_kong.description
+    assert shekou.fields["port_call_status"] == "OMIT" and shekou.event == "Port call omitted"
+
+
+def test_cs_10_port_schedule_gives_each_vessel_calling_there(feed_file):
+    [call] = dcsa.parse(feed_file("handmade/dcsa-cs-100-port-schedule.json"))
+    assert call.ports == ["SGSIN"] and call.fields["facility_smdg_code"] == "PSABT"
+    assert call.routes == ["FE1"] and call.sailings == ["2103N", "2103S"]
+    assert call.fields["estimated_arrival"] == "2026-09-18T10:30:00+00:00" and call.fields["delay_minutes"] == 750

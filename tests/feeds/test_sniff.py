@@ -28,6 +28,15 @@ REAL_FILES = {
     "handmade/port-status-notices.csv": "port_status",
     "handmade/port-status-notices.json": "port_status",
     "handmade/harbour-ferry-trip-updates.asciipb": "gtfs_rt",
+    "hko/warnsum-tc8ne-en.json": "hko_warnings",
+    "hko/warnsum-tc8ne-tc.json": "hko_warnings",
+    "hko/warnsum-cancel-en.json": "hko_warnings",
+    "hko/warningInfo-tc8ne-tc.json": "hko_warnings",
+    "handmade/smhi-cap-alerts.xml": "cap",
+    "handmade/wmo-composer-undeclared-prefix.xml": "cap",
+    "dcsa/tnt-300-request-transport.json": "dcsa",
+    "handmade/dcsa-cs-100-vessel-schedules.json": "dcsa",
+    "handmade/dcsa-cs-100-port-schedule.json": "dcsa",
 }
 
 
