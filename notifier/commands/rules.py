@@ -34,7 +34,7 @@ def rules_check(ctx: click.Context) -> None:
 @click.option("--db", "db_path", default=None, help="SQLite file to read sailings and bookings from (e.g. the "
               "demo's notifier.db); default: the configured database.")
 @click.option("--format", "feed_format", default=None,
-              help="cap, atom, nws, gtfs_rt, dcsa or port_status (default: sniffed from the content).")
+              help="cap, atom, nws, gtfs_rt, dcsa, port_status or hko_warnings (default: sniffed from the content).")
 @click.pass_context
 def rules_test(ctx: click.Context, feed_file: str, at: str | None, db_path: str | None,
                feed_format: str | None) -> None:

@@ -30,7 +30,7 @@ from notifier.store.models import utcnow
 from notifier.aftercare.reminders import preview_reminders
 from notifier.ops.polling import PollResult
 from notifier.rules.model import RuleSet
-from notifier.store.status import BROADCAST_AT_REST
+from notifier.store.status import AWAITING_APPROVAL, BROADCAST_AT_REST, SENDING
 
 
 
@@ -194,7 +194,7 @@ def reminder_lines(plan: dict[str, Any]) -> list[str]:
 
 def _approval_lines(broadcast: Any, facts: dict[str, Any]) -> list[str]:
     reasons = facts.get("approval_reasons", [])
-    if broadcast.status == "awaiting_approval":
+    if broadcast.status == AWAITING_APPROVAL:
         return [f"Approval: needed ({'; '.join(reasons) or 'the rule asks for it'}); an operator other than "
                 f"{broadcast.created_by} runs: notifier broadcast approve {broadcast.id} --operator NAME"]
     if broadcast.approved_by:
@@ -236,7 +236,7 @@ def follow(factory: sessionmaker[Session], broadcast_id: int, settings: Settings
                 bar.update(task, total=max(current.total, 1), completed=current.total - current.remaining,
                            **_fields(current))
                 if current.status in BROADCAST_AT_REST or (sender is not None and not sender.is_alive()
-                                                 and current.remaining and current.status != "sending"):
+                                                 and current.remaining and current.status != SENDING):
                     break
                 if sender is not None and not sender.is_alive() and not current.remaining:
                     break
