@@ -39,3 +39,14 @@ def test_every_test_the_readme_names_exists():
     absent = [f"{path}::{name}" for path, name in named
               if (ROOT / path).is_file() and f"def {name}(" not in (ROOT / path).read_text(encoding="utf-8")]
     assert missing == [] and absent == []
+
+
+def test_the_configuration_table_names_every_setting():
+    import dataclasses
+
+    from notifier.store.settings import Settings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    missing = [f.name for f in dataclasses.fields(Settings) if f"`{f.name}`" not in table]
+    assert missing == [], f"settings missing from README's configuration table: {missing}"
