@@ -1,0 +1,1 @@
+"""The service desk (/desk): agents find a customer, see everything said, act on the phone, work tickets and follow-ups."""
