@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from notifier.aftercare.responses import reply_keyword
 from notifier.channels.segments import sms_segments
 from notifier.errors import UsageError
 from notifier.planning.audience import normalise_email, normalise_phone
@@ -91,12 +92,15 @@ def open_ticket(session: Session, settings: Settings, channel: str, sender: str,
 
 def sms_ticket(session: Session, settings: Settings, phone: str, body: str, now: datetime,
                message_sid: str | None) -> str | None:
-    """An SMS from a number we never asked a question: keep it as a ticket and say an agent will reply (None when
-    the number was sent a notice with a choice, so it is an answer for notifier.aftercare.responses)."""
+    """An SMS from a number we never asked a question: keep it as a ticket and say an agent will reply. None when
+    notifier.aftercare.responses should answer: the number was sent a notice with a choice, or the text is an
+    option key (kept as a ticket all the same)."""
     number = normalise_phone(phone)
     if not (body or "").strip() or (number is not None and _was_asked(session, number)):
         return None
     ticket = open_ticket(session, settings, "sms", number or phone, body, now, message_sid)
+    if reply_keyword(body) is not None:
+        return None  # an option key from a phone we never wrote to: "we could not find a booking" says it best
     language = ticket.language if ticket else ("zh-CN" if _has_chinese(body) else "en")
     return received_reply(settings, language)
 
@@ -115,10 +119,22 @@ def _was_asked(session: Session, number: str) -> bool:
         Notification.booking_id.is_not(None), Notification.disruption_id.is_not(None)).limit(1)) is not None
 
 
+def customers_by_phone(session: Session, number: str, limit: int = 20) -> list[Customer]:
+    """Customers whose phone is this E.164 number, however it was written down ("+852 9786 3084")."""
+    tail = re.sub(r"\D", "", number)[-6:]
+    if len(tail) < 6:
+        return []
+    # The last six digits in order, whatever lies between them; the exact match is made in E.164 below.
+    candidates = session.scalars(select(Customer).where(Customer.phone.like("%" + "%".join(tail)))
+                                 .order_by(Customer.id))
+    return [c for c in candidates if normalise_phone(c.phone) == number][:limit]
+
+
 def _customer_of(session: Session, channel: str, sender: str) -> Customer | None:
     if channel == "sms":
         number = normalise_phone(sender)
-        return session.scalar(select(Customer).where(Customer.phone == number).limit(1)) if number else None
+        found = customers_by_phone(session, number, 1) if number else []
+        return found[0] if found else None
     address = normalise_email(sender)
     if address is None:
         return None

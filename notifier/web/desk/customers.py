@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from notifier.aftercare.responses import CHOOSABLE, current_offers, decision_of, offer_deadline, sailing_view
+from notifier.aftercare.tickets import customers_by_phone
 from notifier.planning.audience import normalise_phone
 from notifier.privacy import mask_email, mask_name, mask_phone, redact
 from notifier.store.models import (Booking, Customer, CustomerResponse, DeskCall, Disruption, FollowUp, Notification,
@@ -47,8 +48,10 @@ def find_customers(session: Session, text: str) -> list[Customer]:
         clauses.append(func.lower(Customer.email) == text.lower())
     elif len(digits) >= MIN_DIGITS and not re.search(r"[A-Za-z]", text):
         number = normalise_phone(text) or normalise_phone("+" + digits)
-        clauses.append(Customer.phone == number if number else Customer.phone.like(f"%{digits}"))
-        clauses.append(Customer.phone.like(f"%{digits}"))
+        if number:
+            clauses.append(Customer.id.in_([c.id for c in customers_by_phone(session, number)]))
+        # A number without its country code ("9786 3084"): its digits in order, however the phone was written.
+        clauses.append(Customer.phone.like("%" + "%".join(digits)))
     elif len(text) >= 2:
         clauses.append(Customer.name.ilike(f"%{text}%"))
     return list(session.scalars(select(Customer).where(or_(*clauses)).order_by(Customer.id).limit(SEARCH_LIMIT)))
