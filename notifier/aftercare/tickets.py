@@ -94,13 +94,13 @@ def sms_ticket(session: Session, settings: Settings, phone: str, body: str, now:
                message_sid: str | None) -> str | None:
     """An SMS from a number we never asked a question: keep it as a ticket and say an agent will reply. None when
     notifier.aftercare.responses should answer: the number was sent a notice with a choice, or the text is an
-    option key (kept as a ticket all the same)."""
+    option key (an answer sent from another phone, not an inquiry: it changes nothing, as before)."""
     number = normalise_phone(phone)
-    if not (body or "").strip() or (number is not None and _was_asked(session, number)):
+    if not (body or "").strip() or reply_keyword(body) is not None:
+        return None  # an option key from a phone we never wrote to: "we could not find a booking" says it best
+    if number is not None and _was_asked(session, number):
         return None
     ticket = open_ticket(session, settings, "sms", number or phone, body, now, message_sid)
-    if reply_keyword(body) is not None:
-        return None  # an option key from a phone we never wrote to: "we could not find a booking" says it best
     language = ticket.language if ticket else ("zh-CN" if _has_chinese(body) else "en")
     return received_reply(settings, language)
 
