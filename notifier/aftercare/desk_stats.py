@@ -39,6 +39,11 @@ class DeskFigures:
     followup_outcomes: dict[str, int] = field(default_factory=dict)
     satisfaction: dict[int, int] = field(default_factory=dict)  # score 1-5 -> count
 
+    @property
+    def busy(self) -> bool:
+        """Whether the desk has had any work (tickets or calls) to report."""
+        return bool(self.tickets or self.calls)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = dict(self.__dict__)

@@ -137,3 +137,21 @@ def test_resolving_needs_a_note_and_happens_once(factory, tmp_settings):
         resolve(session, ticket_id, "li.na", "again", NOW)
     with factory() as session:
         assert session.scalar(select(func.count(Ticket.id)).where(Ticket.status == "resolved")) == 1
+
+
+def test_notifier_report_gains_the_desks_figures_once_it_has_work(factory, tmp_settings):
+    from notifier.ops.console import report_lines
+    from notifier.ops.reports import build_report
+
+    assert not any("Service desk" in line for line in report_lines(build_report(factory, now=NOW)))
+    customer, booking = never_asked(factory)
+    texted(factory, tmp_settings, customer.phone, "我要投诉", sid="SMa")
+    texted(factory, tmp_settings, "+8613900001111", "What time is check-in?", sid="SMb")
+    with transaction(factory) as session:
+        reply(session, tmp_settings, tickets(factory)[0].id, "li.na", "sorry", NOW + timedelta(hours=2))
+    report = build_report(factory, now=NOW)
+    lines = "\n".join(report_lines(report))
+    assert "Service desk: 2 ticket(s), 1 answered (1 within the SLA), 0 resolved" in lines
+    assert "by category: complaint 1, inquiry 1" in lines
+    assert "median hours to first answer / to resolution: 2.0 / -" in lines
+    assert report.to_json()["desk"]["by_category"] == {"complaint": 1, "inquiry": 1}
