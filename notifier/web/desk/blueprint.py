@@ -49,8 +49,13 @@ def _bad_form(_error: CSRFError) -> Response:
 
 # --- plumbing -------------------------------------------------------------------------------------------------
 
+def agent() -> DeskAgent:
+    """The signed-in agent."""
+    return current_user._get_current_object()  # noqa: SLF001 - Flask-Login's proxy, unwrapped
+
+
 def settings() -> Settings:
-    """The app's settings."""
+    """The app's settings (set by notifier.web.app.create_app, as are the factory and the clock)."""
     return current_app.config["NOTIFIER_SETTINGS"]
 
 
@@ -60,13 +65,9 @@ def factory() -> sessionmaker[Session]:
 
 
 def now() -> datetime:
-    """The app's clock (injectable in tests)."""
-    return current_app.config["NOTIFIER_CLOCK"]()
-
-
-def agent() -> DeskAgent:
-    """The signed-in agent."""
-    return current_user._get_current_object()  # noqa: SLF001 - Flask-Login's proxy, unwrapped
+    """The app's clock (injectable in tests): every desk action is dated by it."""
+    clock: Callable[[], datetime] = current_app.config["NOTIFIER_CLOCK"]
+    return clock()
 
 
 def language() -> str:
@@ -93,10 +94,13 @@ def approvers_only(view: Callable[..., Response]) -> Callable[..., Response]:
     return checked
 
 
-@lru_cache(maxsize=4)
-def _pages(folder: str) -> Environment:
-    return Environment(loader=FileSystemLoader(folder), autoescape=True, undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True)
+@lru_cache(maxsize=1)
+def _desk_pages() -> Environment:
+    # Agents across ports compare times: the desk shows them in UTC, always with the zone, by one filter.
+    pages = Environment(loader=FileSystemLoader(str(templates_dir() / "desk")), autoescape=True,
+                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    pages.filters["utc"] = lambda moment: moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "-"
+    return pages
 
 
 def render(name: str, status: int = 200, **context: Any) -> Response:
@@ -105,7 +109,7 @@ def render(name: str, status: int = 200, **context: Any) -> Response:
     other = "en" if lang == "zh-CN" else "zh-CN"
     args = {key: value for key, value in request.args.items() if key != "lang"} | {"lang": other}
     signed_in = current_user.is_authenticated
-    html = _pages(str(templates_dir() / "desk")).get_template(name).render(
+    html = _desk_pages().get_template(name).render(
         nonce=g.csp_nonce, lang=lang, t=words(lang), csrf_token=generate_csrf(),
         agent=agent() if signed_in else None, other_language_url=f"{request.path}?{urlencode(args)}", **context)
     return Response(html, status=status, mimetype="text/html")

@@ -89,7 +89,7 @@ def open_choice(session: Session, booking: Booking, lang: str) -> dict | None:
                 "amount": f"{o.amount} {o.currency}" if o.kind == "refund" else ""} for o in offers]
     deadline = offer_deadline(offers)
     return {"disruption_id": disruption.id, "kind": disruption.kind, "options": options,
-            "deadline": deadline.strftime("%Y-%m-%d %H:%M UTC") if deadline else ""}
+            "deadline": deadline}
 
 
 def timeline(session: Session, customer_id: int) -> list[Event]:
