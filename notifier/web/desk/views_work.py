@@ -13,7 +13,7 @@ from notifier.aftercare import followups, tickets
 from notifier.broadcasts.lifecycle import approve, recent_broadcasts, send
 from notifier.errors import NotifierError
 from notifier.store.db import transaction
-from notifier.privacy import mask_address
+from notifier.privacy import mask_address, redact
 from notifier.store.models import Customer, Ticket
 from notifier.store.status import AWAITING_APPROVAL, APPROVED
 from notifier.web.desk.blueprint import agent, approvers_only, desk, factory, now, page_words, render, settings
@@ -44,7 +44,7 @@ def ticket_page(ticket_id: int, message: str = "", status: int = 200) -> Respons
 def _ticket_row(db: Session, ticket: Ticket) -> dict:
     customer = db.get(Customer, ticket.customer_id) if ticket.customer_id else None
     return {"id": ticket.id, "channel": ticket.channel, "category": ticket.category, "status": ticket.status,
-            "body": ticket.body, "sender": mask_address(ticket.channel, ticket.sender) if ticket.sender else "",
+            "body": redact(ticket.body), "sender": mask_address(ticket.channel, ticket.sender) if ticket.sender else "",
             "customer_id": customer.id if customer else None, "customer_ref": customer.ref if customer else "",
             "assigned_to": ticket.assigned_to or "", "created_at": ticket.created_at, "due_at": ticket.due_at,
             "resolution": ticket.resolution or "", "language": ticket.language}

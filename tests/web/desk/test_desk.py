@@ -82,13 +82,16 @@ def test_a_logged_call_is_on_the_timeline_under_the_agents_name(desk_app, factor
 
 def test_a_complaint_ticket_is_answered_from_the_desk_and_resolved(desk_app, factory, tmp_settings):
     with transaction(factory) as session:
-        sms_ticket(session, tmp_settings, "+8613900001111", "我要投诉：客服态度太差", NOW, "SMcomplaint")
+        sms_ticket(session, tmp_settings, "+8613900001111", "我要投诉：客服态度太差，请打 +8613812345678", NOW,
+                   "SMcomplaint")
         ticket_id = session.scalar(select(Ticket.id))
     client = desk_app.test_client()
     sign_in(client)
     inbox = client.get("/desk/tickets?lang=zh-CN").get_data(as_text=True)
     assert f"/desk/tickets/{ticket_id}" in inbox and "投诉" in inbox
     page = f"/desk/tickets/{ticket_id}"
+    shown = client.get(page).get_data(as_text=True)
+    assert "客服态度太差" in shown and "+8613812345678" not in shown  # a number in the words is hidden
     assert post(client, f"{page}/reply", {"text": "非常抱歉，我们已记录您的意见。"}, page=page).status_code == 303
     assert post(client, f"{page}/resolve", {"note": "apologised; feedback passed on"}, page=page).status_code == 303
     with factory() as session:
