@@ -164,6 +164,9 @@ class Settings:
     desk_lockout_attempts: int = 5
     desk_lockout_minutes: int = 15
     desk_secure_cookies: bool = True
+    # Behind a single-sign-on reverse proxy: the header naming the signed-in agent (e.g. "X-Remote-User"),
+    # believed only on requests from trusted_proxies; empty: agents sign in with their password.
+    desk_identity_header: str = ""
     # A ticket (an inquiry or complaint by SMS or email) should have its first answer within this many hours.
     desk_ticket_sla_hours: int = 24
     # More words that sort a ticket, as "category=word" (category: inquiry, complaint, refund, other).

@@ -115,6 +115,18 @@ def sign_in(session: Session, settings: Settings, name: str, password: str, now:
     return DeskAgent(agent.id, agent.name, agent.role, agent.session_token)
 
 
+def proxy_sign_in(session: Session, name: str) -> DeskAgent | None:
+    """The agent a trusted reverse proxy names (it did the authentication), keeping their session token if they
+    have one; None for an unknown or disabled name."""
+    agent = session.scalar(select(Agent).where(Agent.name == (name or "").strip()[:120]))
+    if agent is None or agent.disabled:
+        return None
+    if not agent.session_token:
+        agent.session_token = secrets.token_hex(16)
+        audit.record(session, agent.name, "desk.signed_in", "agent", agent.id, via="proxy")
+    return DeskAgent(agent.id, agent.name, agent.role, agent.session_token)
+
+
 def sign_out(session: Session, agent_id: int) -> None:
     """End the agent's session everywhere: the token its cookie carries is dropped."""
     agent = session.get(Agent, agent_id)

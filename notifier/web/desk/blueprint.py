@@ -4,10 +4,12 @@ the page language, and rendering.
 Flask-WTF's CSRFProtect checks every POST under /desk (the choice page keeps its own per-link form token, so the
 check is not switched on for the whole app); Flask-Login holds the agent with session protection "strong".
 Session cookies are HttpOnly, SameSite=Lax and Secure (`desk_secure_cookies` off only for plain-http tests).
+Behind a single-sign-on proxy, `desk_identity_header` names the agent, believed from `trusted_proxies` only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache, wraps
@@ -15,15 +17,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, redirect, request, session, url_for
-from flask_login import current_user
+from flask_login import current_user, login_user
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy.orm import Session, sessionmaker
 
+from notifier.store.db import transaction
 from notifier.store.paths import templates_dir
 from notifier.store.settings import Settings
-from notifier.web.desk.auth import DeskAgent
+from notifier.web.desk.auth import DeskAgent, proxy_sign_in
 from notifier.web.desk.words import LANGUAGES, words
+from notifier.web.throttle import trusted_networks
 
 desk = Blueprint("desk", __name__, url_prefix="/desk")
 csrf = CSRFProtect()
@@ -35,11 +39,35 @@ OPEN_ENDPOINTS = ("desk.sign_in_page", "desk.sign_in_post")
 def _signed_in_and_ours() -> Response | None:
     if request.method == "POST":
         csrf.protect()
+    _sign_in_from_proxy()
     if request.endpoint not in OPEN_ENDPOINTS and not current_user.is_authenticated:
         if request.method == "POST":
             return Response("sign in first\n", status=401, mimetype="text/plain")
         return redirect(url_for("desk.sign_in_page", next=request.full_path if request.args else request.path))
     return None
+
+
+def _sign_in_from_proxy() -> None:
+    # A single-sign-on proxy names the agent; the header is believed from a trusted proxy's address only.
+    header = settings().desk_identity_header
+    if not header or not _from_trusted_proxy(request.remote_addr or ""):
+        return
+    name = request.headers.get(header, "").strip()
+    if not name or (current_user.is_authenticated and agent().name == name):
+        return
+    with transaction(factory()) as db:
+        proxied = proxy_sign_in(db, name)
+    if proxied is not None:
+        session.clear()
+        login_user(proxied)
+
+
+def _from_trusted_proxy(address: str) -> bool:
+    try:
+        peer = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(peer in network for network in trusted_networks(settings().trusted_proxies))
 
 
 @desk.errorhandler(CSRFError)

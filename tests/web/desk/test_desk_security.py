@@ -195,3 +195,21 @@ def test_the_sign_in_page_never_sends_the_agent_off_site(desk_app):
     response = client.post("/desk/signin", data={"csrf_token": token, "name": "li.na", "password": PASSWORD,
                                                  "next": "https://evil.example/desk"})
     assert response.headers["Location"] == "/desk/"
+
+
+def test_a_trusted_proxy_may_name_the_agent_and_nobody_else_may(factory, desk_settings):
+    with transaction(factory) as session:
+        add_agent(session, "li.na", "agent", PASSWORD, "test")
+    app = create_app(replace(desk_settings, desk_identity_header="X-Remote-User", trusted_proxies=("10.0.0.1",)),
+                     factory)
+    proxied = app.test_client()
+    via_proxy = {"REMOTE_ADDR": "10.0.0.1"}
+    assert proxied.get("/desk/", headers={"X-Remote-User": "li.na"}, environ_base=via_proxy).status_code == 200
+    assert proxied.get("/desk/tickets", environ_base=via_proxy).status_code == 200  # the session carries on
+    assert app.test_client().get("/desk/", headers={"X-Remote-User": "nobody"},
+                                 environ_base=via_proxy).status_code == 302
+    forged = app.test_client().get("/desk/", headers={"X-Remote-User": "li.na"},
+                                   environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    assert forged.status_code == 302  # not from the proxy: the header means nothing
+    [entry] = audit_rows(factory, "desk.signed_in")
+    assert (entry.actor, entry.details) == ("li.na", {"via": "proxy"})
