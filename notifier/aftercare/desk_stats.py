@@ -1,7 +1,7 @@
 """The desk's figures (统计客户咨询、投诉数据): tickets by category, route and week, first-answer and resolution
 times against the SLA, calls logged, and how the follow-ups ended. The disruption figures (told within 5/15/30
-minutes, choices, unreachable, satisfaction) are `notifier report`'s own (notifier.ops.reports); the desk page
-shows the satisfaction scores and unreachable follow-ups kept here too, so it needs nothing from above it.
+minutes, EU duty) are `notifier report`'s own (notifier.ops.reports, a layer above the desk); the desk page shows
+the decisions by channel, the follow-ups by reason (unreachable ...) and the satisfaction scores kept here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any, TextIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from notifier.store.models import Booking, DeskCall, FollowUp, Route, Sailing, SatisfactionRequest, Ticket
+from notifier.aftercare.responses import DECISION
+from notifier.store.models import (Booking, CustomerResponse, DeskCall, FollowUp, Route, Sailing, SatisfactionRequest,
+                                   Ticket)
 
 CSV_COLUMNS = ("figure", "key", "value")
 
@@ -38,6 +40,8 @@ class DeskFigures:
     followups: dict[str, int] = field(default_factory=dict)  # reason -> count (unreachable, key-account ...)
     followup_outcomes: dict[str, int] = field(default_factory=dict)
     satisfaction: dict[int, int] = field(default_factory=dict)  # score 1-5 -> count
+    # Decisions by who took them: web, sms, email, agent (recorded at the desk), default (nobody answered).
+    choices_by_channel: dict[str, int] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
@@ -60,6 +64,9 @@ def desk_figures(session: Session) -> DeskFigures:
     figures.followup_outcomes = dict(session.execute(select(FollowUp.outcome, func.count())
                                                      .where(FollowUp.outcome.is_not(None))
                                                      .group_by(FollowUp.outcome)).all())
+    figures.choices_by_channel = dict(session.execute(
+        select(CustomerResponse.channel, func.count()).where(CustomerResponse.decision_key == DECISION)
+        .group_by(CustomerResponse.channel)).all())
     figures.satisfaction = dict(sorted(session.execute(
         select(SatisfactionRequest.score, func.count()).where(SatisfactionRequest.score.is_not(None))
         .group_by(SatisfactionRequest.score)).all()))
@@ -108,7 +115,8 @@ def write_csv(figures: DeskFigures, out: TextIO) -> int:
             *(("calls", k, v) for k, v in figures.calls.items()),
             *(("followups", k, v) for k, v in figures.followups.items()),
             *(("followup_outcomes", k, v) for k, v in figures.followup_outcomes.items()),
-            *(("satisfaction_score", str(k), v) for k, v in figures.satisfaction.items())]
+            *(("satisfaction_score", str(k), v) for k, v in figures.satisfaction.items()),
+            *(("choices_by_channel", k, v) for k, v in figures.choices_by_channel.items())]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     writer.writerows(rows)

@@ -22,7 +22,8 @@ def stats_page() -> Response:
     charts = [("by_category", bars({t["categories"].get(k, k): v for k, v in figures.by_category.items()})),
               ("by_route", bars(figures.by_route)), ("by_week", bars(weekly)),
               ("satisfaction", bars({f"{k}/5": v for k, v in figures.satisfaction.items()})),
-              ("worklist", bars({t["reasons"].get(k, k): v for k, v in figures.followups.items()}))]
+              ("worklist", bars({t["reasons"].get(k, k): v for k, v in figures.followups.items()})),
+              ("choices", bars(figures.choices_by_channel))]
     return render("stats.html.j2", figures=figures, charts=charts)
 
 

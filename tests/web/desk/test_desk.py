@@ -137,5 +137,8 @@ def test_statistics_count_tickets_by_category_and_export_them_as_csv(desk_app, f
     sign_in(client)
     page = client.get("/desk/stats?lang=en").get_data(as_text=True)
     assert "<svg" in page and "Complaint" in page and "Inquiry" in page
+    notice = sms_notice(factory, "en")
+    post(client, f"/desk/bookings/{notice.booking_id}/choice", {"disruption_id": notice.disruption_id, "option": "R"})
     csv_text = client.get("/desk/stats.csv").get_data(as_text=True)
+    assert "choices_by_channel,agent,1" in csv_text
     assert "tickets_by_category,complaint,1" in csv_text and "tickets_by_category,inquiry,1" in csv_text
