@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
+from notifier.commands.agents import agents
 from notifier.commands.broadcasts import broadcast
 from notifier.commands.common import warn_unknown_environment
 from notifier.commands.delivery import dispatch, serve, watch
@@ -41,7 +42,7 @@ from notifier.errors import NotifierError
 INTERNAL_ERROR = 70
 # `notifier --help` lists the commands in the order data flows, not alphabetically.
 COMMANDS = (demo, db, config, feeds, import_group, rules, broadcast, dispatch, serve, watch, responses, report,
-            audit, booking, followups, purge)
+            audit, booking, followups, purge, agents)
 
 
 class NotifierGroup(click.Group):

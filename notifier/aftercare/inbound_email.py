@@ -41,6 +41,7 @@ from notifier.planning.audience import normalise_email
 from notifier.store.settings import Settings
 from notifier.store.db import transaction
 from notifier.store.models import Booking, Customer, CustomerResponse, Notification, utcnow
+from notifier.aftercare.tickets import open_ticket
 from notifier.delivery.optouts import keyword, lift_opt_out, record_opt_out
 from notifier.store.status import DELIVERED, SENT
 
@@ -135,7 +136,9 @@ def attach_reply(session: Session, settings: Settings, raw: bytes, now: datetime
     notice = _answered_notice(session, message)
     booking = _booking_for(session, message, notice, sender)
     if booking is None:
-        log.info("an email reply matched no booking (Message-ID %s)", message_id or "none")
+        log.info("an email matched no booking (Message-ID %s): kept as a ticket", message_id or "none")
+        open_ticket(session, settings, "email", sender or "", reply_text(message) or header(message, "Subject"),
+                    now, message_id)
         return Attached("unmatched")
     customer = session.get(Customer, booking.customer_id)
     own = sender is not None and sender.lower() == (normalise_email(customer.email) or "").lower()

@@ -481,20 +481,23 @@ def apply_default(session: Session, settings: Settings, booking_id: int, disrupt
         except ChoiceRefused as refused:
             if refused.reason != "full":
                 return None
-    return _keep_ticket_valid(session, settings, booking_id, disruption_id, now)
+    return keep_ticket(session, settings, booking_id, disruption_id, "default", now)
 
 
-def _keep_ticket_valid(session: Session, settings: Settings, booking_id: int, disruption_id: int,
-                       now: datetime) -> Outcome | None:
+def keep_ticket(session: Session, settings: Settings, booking_id: int, disruption_id: int, channel: str,
+                now: datetime) -> Outcome | None:
+    """The customer keeps their ticket (no move, no refund): decided like any choice, under the same key and
+    savepoint, offers closed and the confirmation queued; None when the booking's decision was already taken. The
+    no-answer default calls it with channel "default", the desk with "agent"."""
     try:
         with session.begin_nested():
             _lock_places_of(session, booking_id, disruption_id)
             booking, disruption, offers = _open_choice(session, booking_id, disruption_id)
-            _claim_decision(session, booking, disruption, None, "default", now, None, offers)
+            _claim_decision(session, booking, disruption, None, channel, now, None, offers)
             booking.status = OPEN
             _close_other_offers(session, booking.id, disruption.id, None)
             outcome = Outcome(booking.id, disruption.id, "open", None, booking.sailing_id, None, booking.currency,
-                              "default", now)
+                              channel, now)
             _audit(session, booking, disruption, outcome)
             queue_confirmation(session, settings, outcome)
     except ChoiceRefused:

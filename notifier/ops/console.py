@@ -309,7 +309,7 @@ def broadcast_list_lines(rows: Iterable[tuple[Any, Any]]) -> list[str]:
 def report_lines(report: Any) -> list[str]:
     """`notifier report` as text: one row per disruption, then the totals and what failed."""
     if not report.disruptions:
-        return ["no disruptions yet"]
+        return ["no disruptions yet", *desk_lines(getattr(report, "desk", None))]
     rows = [[f"#{d.disruption_id}", d.sailing, d.kind, d.known_at.strftime("%m-%d %H:%M"), d.affected,
              d.told_within[5], d.told_within[15], d.told_within[30], d.sent, d.delivered, d.failed,
              d.choices.get("rebook", 0), d.choices.get("refund", 0), d.choices.get("none", 0),
@@ -330,7 +330,23 @@ def report_lines(report: Any) -> list[str]:
         lines.append("Failed by reason:")
         lines += [f"  {count:6d}  {reason}" for reason, count in sorted(t["failed_by_reason"].items(),
                                                                         key=lambda kv: -kv[1])]
-    return lines + closing_lines(report)
+    return lines + closing_lines(report) + desk_lines(getattr(report, "desk", None))
+
+
+def desk_lines(desk: Any) -> list[str]:
+    """The service desk's figures (notifier.aftercare.desk_stats), once it has had any work."""
+    if desk is None or not desk.busy:
+        return []
+    hours = desk.median_first_answer_hours, desk.median_resolution_hours
+    lines = ["", f"Service desk: {desk.tickets} ticket(s), {desk.answered} answered "
+                 f"({desk.answered_within_sla} within the SLA), {desk.resolved} resolved",
+             "  by category: " + (", ".join(f"{k} {v}" for k, v in sorted(desk.by_category.items())) or "none"),
+             "  by route: " + (", ".join(f"{k} {v}" for k, v in sorted(desk.by_route.items())) or "none"),
+             "  by week: " + (", ".join(f"{week} {sum(c.values())}" for week, c in desk.by_week.items()) or "none"),
+             "  median hours to first answer / to resolution: "
+             + " / ".join("-" if h is None else f"{h:.1f}" for h in hours),
+             "  calls: " + (", ".join(f"{k} {v}" for k, v in sorted(desk.calls.items())) or "none")]
+    return lines
 
 
 def closing_lines(report: Any) -> list[str]:

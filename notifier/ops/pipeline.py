@@ -32,7 +32,7 @@ from notifier.planning.audience import AUDIENCE_KINDS, opted_out, recipients_for
 from notifier.planning.plan import create_automatic, pending_broadcasts, plan_broadcast
 from notifier.planning.chunk_plan import PlanResult
 from notifier.store.settings import Settings
-from notifier.ops.quarantine import Quarantined, quarantine_broadcast, quarantine_item
+from notifier.ops.quarantine import CONTENT_ERRORS, Quarantined, quarantine_broadcast, quarantine_item
 from notifier.store.status import (ACTIVE, CANCELLED, CLEARED, CONFIRMED, DEPARTED, DONE, NEW, PROCESSED, SUPERSEDED,
                                    TOLD, UNSENT)
 from notifier.store.db import insert_ignore, transaction
@@ -150,7 +150,7 @@ def process_new_items(factory: sessionmaker[Session], rules: list[Rule] | RuleSe
                 done = ProcessResult()
                 _process_item(session, session.get(FeedItem, item_id), _rules_of(rules), network, now, settings,
                               done)
-        except Exception as exc:  # noqa: BLE001 - any failure quarantines this item; the next one goes on
+        except CONTENT_ERRORS as exc:  # poison: this item is quarantined, the next one goes on
             result.quarantined.append(quarantine_item(factory, item_id, "rules", exc, now))
             continue
         result.merge(done)
@@ -229,7 +229,7 @@ def plan_pending(factory: sessionmaker[Session], settings: Settings, now: dateti
                 continue
             result = plan_broadcast(factory, broadcast_id, settings, now)
             _after_planning(factory, broadcast_id, settings, now, origin == "automatic")
-        except Exception as exc:  # noqa: BLE001 - a broadcast that cannot be planned must not stop the others
+        except CONTENT_ERRORS as exc:  # a broadcast that cannot be planned must not stop the others
             quarantine_broadcast(factory, broadcast_id, exc, now)
             continue
         results.append(result)

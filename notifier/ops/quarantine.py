@@ -4,6 +4,10 @@ after it go on. `notifier feeds retry ID` puts one back in the queue once the ca
 
 Why not retry it on the next tick: an item that failed once on the same code and data fails again, and every
 tick it would be tried first, before the valid warning published after it (the failure issue 16 found).
+
+What is poison: an error the item's own content can cause (`CONTENT_ERRORS`: a value out of range, a template
+that cannot be filled, a missing key ...). An outage is not: a database that went away, a full disk, a crash
+propagate as before, the run stops with nothing half-written, and the watcher's next tick tries again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from notifier.errors import UsageError, escape_unprintable
+from notifier.errors import NotifierError, UsageError, escape_unprintable
 from notifier.store import audit
 from notifier.store.db import transaction
 from notifier.store.models import Broadcast, FeedError, FeedItem
@@ -24,6 +28,7 @@ from notifier.store.status import FAILED, NEW, PLANNING
 log = logging.getLogger(__name__)
 
 REASON_MAX = 500
+CONTENT_ERRORS = (NotifierError, ValueError, ArithmeticError, LookupError, TypeError, AttributeError)
 
 
 @dataclass(frozen=True)

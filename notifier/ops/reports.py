@@ -28,6 +28,7 @@ from notifier.store.paths import templates_dir
 from notifier.privacy import mask_address, mask_email, mask_name, mask_phone, redact
 from notifier.aftercare.satisfaction import loop_figures
 from notifier.store.status import CANCELLED, DELIVERED, IN_FLIGHT, LOST, REACHED
+from notifier.aftercare.desk_stats import DeskFigures, desk_figures
 
 TOLD_WITHIN_MINUTES = (5, 15, 30)
 EU_DUTY = timedelta(minutes=30)
@@ -83,6 +84,8 @@ class Report:
 
     generated_at: datetime
     disruptions: list[DisruptionFigures]
+    # The desk's own figures (tickets, calls, follow-ups, scores: notifier.aftercare.desk_stats), for every day.
+    desk: DeskFigures | None = None
 
     def totals(self) -> dict[str, Any]:
         """The sums over every disruption in the report."""
@@ -101,8 +104,11 @@ class Report:
         """The whole report as JSON-ready data."""
         totals = self.totals()
         totals["told_within"] = {f"{m}min": n for m, n in totals["told_within"].items()}
-        return {"generated_at": self.generated_at.isoformat(), "totals": totals,
+        data = {"generated_at": self.generated_at.isoformat(), "totals": totals,
                 "disruptions": [d.to_json() for d in self.disruptions]}
+        if self.desk is not None and self.desk.busy:
+            data["desk"] = self.desk.to_json()
+        return data
 
 
 def build_report(factory: sessionmaker[Session], disruption_id: int | None = None,
@@ -122,7 +128,8 @@ def build_report(factory: sessionmaker[Session], disruption_id: int | None = Non
                                            d.known_at, s.scheduled_departure) for d, s, r in rows}
         if figures:
             _fill(session, figures, now)
-    return Report(now, list(figures.values()))
+        desk = desk_figures(session)
+    return Report(now, list(figures.values()), desk)
 
 
 def _fill(session: Session, figures: dict[int, DisruptionFigures], now: datetime) -> None:

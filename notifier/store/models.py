@@ -3,8 +3,9 @@
 Every datetime is timezone-aware UTC in Python; `UTCDateTime` makes SQLite (which has no time zones) behave like
 PostgreSQL's timestamptz. Money is Decimal. Each pipeline table carries the unique key from DESIGN.md §2.
 
-One piece, past 500 lines: it is the schema, the single picture the migrations are made from; the status words
-its columns hold are in store/status.py.
+One piece, past 500 lines: the tables are one schema. Alembic and every migration read them together, and
+splitting them would only spread one set of foreign keys over several files; the status words its columns hold
+are in store/status.py.
 """
 
 from __future__ import annotations
@@ -581,6 +582,65 @@ class InboundMessage(Base):
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # What we answered, repeated to a re-delivery; blanked once the window has passed (it may name a booking).
     answer: Mapped[str | None] = mapped_column(Text)
+
+
+# --- the service desk (notifier.web.desk, notifier.aftercare.tickets) ----------------------------------------------
+
+class Agent(Base):
+    """A person at the service desk: signs in to /desk (argon2 hash), acts under this name in the audit log."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # agent | duty | supervisor
+    password_hash: Mapped[str] = mapped_column(String(200))
+    # Changed at every sign-in and sign-out: a session cookie names it, so an older cookie no longer signs in.
+    session_token: Mapped[str | None] = mapped_column(String(64))
+    failed_signins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Ticket(Base):
+    """An inquiry, complaint or refund request that came in as an SMS or email that answered no open question.
+    `sender` is the address it came from (needed to reply); `customer_id`/`booking_id` are set when found."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (Index("ix_tickets_status", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))  # sms | email
+    sender: Mapped[str] = mapped_column(String(254))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    category: Mapped[str] = mapped_column(String(16))  # inquiry | complaint | refund | other
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(8), default="open")  # open | answered | resolved
+    assigned_to: Mapped[str | None] = mapped_column(String(120))
+    # The inbound message's own id (MessageSid, Message-ID): a re-delivered message opens one ticket.
+    external_id: Mapped[str | None] = mapped_column(String(300), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    due_at: Mapped[datetime]
+    first_response_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class DeskCall(Base):
+    """A telephone call an agent logged against a customer (and booking): its outcome and notes."""
+
+    __tablename__ = "desk_calls"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"))
+    agent: Mapped[str] = mapped_column(String(120))
+    outcome: Mapped[str] = mapped_column(String(16))  # reached | no-answer | voicemail | other
+    note: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

@@ -158,6 +158,18 @@ class Settings:
     imap_password: str = ""
     imap_folder: str = "INBOX"
     inbound_email_secret: str = ""
+    # the service desk (/desk): an agent is locked out for desk_lockout_minutes after this many failed sign-ins;
+    # its session cookie is Secure unless desk_secure_cookies is off (plain http on a test machine only).
+    desk_lockout_attempts: int = 5
+    desk_lockout_minutes: int = 15
+    desk_secure_cookies: bool = True
+    # Behind a single-sign-on reverse proxy: the header naming the signed-in agent (e.g. "X-Remote-User"),
+    # believed only on requests from trusted_proxies; empty: agents sign in with their password.
+    desk_identity_header: str = ""
+    # A ticket (an inquiry or complaint by SMS or email) should have its first answer within this many hours.
+    desk_ticket_sla_hours: int = 24
+    # More words that sort a ticket, as "category=word" (category: inquiry, complaint, refund, other).
+    desk_ticket_keywords: tuple[str, ...] = ()
 
     @property
     def sms_configured(self) -> bool:

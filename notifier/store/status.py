@@ -46,6 +46,8 @@ TAKEN = "taken"
 ACCEPTED = "accepted"
 RELEASED = "released"
 WITHDRAWN = "withdrawn"
+ANSWERED = "answered"
+RESOLVED = "resolved"
 
 # --- which table uses which --------------------------------------------------------------------------------------
 
@@ -57,6 +59,7 @@ SAILING_STATUSES = (SCHEDULED, DELAYED, CANCELLED, DEPARTED)
 BOOKING_STATUSES = (CONFIRMED, REBOOKED, REFUND, CANCELLED, TRAVELLED)
 OFFER_STATUSES = (OPEN, HELD, ACCEPTED, RELEASED, EXPIRED)
 FOLLOW_UP_STATUSES = (OPEN, TAKEN, DONE)
+TICKET_STATUSES = (OPEN, ANSWERED, RESOLVED)
 
 # --- groups of notice statuses the stages ask about ----------------------------------------------------------------
 

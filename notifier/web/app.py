@@ -65,12 +65,14 @@ def create_app(settings: Settings, factory: sessionmaker[Session] | None = None,
                                                          settings.trusted_proxies)
     from notifier.aftercare.inbound_email import inbound_email
     from notifier.aftercare.satisfaction import satisfaction_pages
+    from notifier.web.desk.site import install_desk
     from notifier.web.twilio import webhooks
 
     app.register_blueprint(choice_pages)
     app.register_blueprint(webhooks)
     app.register_blueprint(satisfaction_pages)
     app.register_blueprint(inbound_email)
+    install_desk(app, settings)
     app.before_request(_new_nonce)
     app.after_request(_security_headers)
     for status in (404, 405):

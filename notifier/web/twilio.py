@@ -44,6 +44,7 @@ from notifier.delivery.outcomes import OPTED_OUT_CODE, mark_sent
 from notifier.delivery.fallback import plan_fallback
 from notifier.aftercare.followups import record_help
 from notifier.aftercare.responses import handle_sms_reply
+from notifier.aftercare.tickets import sms_ticket
 from notifier.store.models import DeliveryAttempt, FeedError, Notification, utcnow
 from notifier.delivery.optouts import (UnsubscribeLinkError, keyword, language_of, lift_opt_out,
                                        read_unsubscribe_token, record_opt_out, reply, unsubscribing_address)
@@ -238,6 +239,8 @@ def _answer_reply(settings: Settings, sid: str, phone: str, body: str, language:
             if not inbound.remember(session, sid, "reply", phone, now):
                 return inbound.seen_before(session, sid).answer  # a concurrent copy answered it
             answer = answer_sms_score(session, settings, phone, body, now)
+            if answer is None:  # not an answer to any question we asked: an inquiry or complaint for the desk
+                answer = sms_ticket(session, settings, phone, body, now, sid)
             if answer is None:
                 answer = handle_sms_reply(session, settings, phone, body, now, message_sid=sid)
             inbound.keep_answer(session, sid, answer)
