@@ -1,6 +1,6 @@
 """The desk's figures (统计客户咨询、投诉数据): tickets by category, route and week, first-answer and resolution
 times against the SLA, calls logged, and how the follow-ups ended. The disruption figures (told within 5/15/30
-minutes, EU duty) are `notifier report`'s own (notifier.ops.reports, a layer above the desk); the desk page shows
+minutes, EU duty) are `notifier report`'s own (notifier.aftercare.reports), which the desk page shows beside
 the decisions by channel, the follow-ups by reason (unreachable ...) and the satisfaction scores kept here.
 """
 

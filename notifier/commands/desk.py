@@ -49,7 +49,7 @@ def report(ctx: click.Context, disruption_id: int | None, as_json: bool, html_fi
 
     from notifier.delivery.breaker import circuit_lines
     from notifier.ops.console import report_lines
-    from notifier.ops.reports import build_report, render_html
+    from notifier.aftercare.reports import build_report, render_html
 
     factory = open_database(settings_from(ctx))
     figures = build_report(factory, disruption_id)
@@ -77,7 +77,7 @@ def report(ctx: click.Context, disruption_id: int | None, as_json: bool, html_fi
 def audit(ctx: click.Context, since: str | None, actor: str | None, limit: int, as_json: bool) -> None:
     """Who did what, when: every operator action and automatic decision."""
     from notifier.ops.console import audit_json_lines, audit_lines
-    from notifier.ops.reports import audit_trail, parse_since
+    from notifier.aftercare.reports import audit_trail, parse_since
 
     moment = parse_since(since) if since else None  # a bad --since is refused before the database is opened
     entries = audit_trail(open_database(settings_from(ctx)), moment, actor, limit)
@@ -95,7 +95,7 @@ def booking() -> None:
 def booking_show(ctx: click.Context, ref: str) -> None:
     """A booking, its notices with delivery status, its offers and the customer's choice (contacts masked)."""
     from notifier.ops.console import booking_lines
-    from notifier.ops.reports import booking_card
+    from notifier.aftercare.reports import booking_card
 
     echo_lines(booking_lines(booking_card(open_database(settings_from(ctx)), ref)))
 

@@ -43,7 +43,7 @@ from notifier.store.paths import rules_dir
 from notifier.ops.pipeline import expire_disruptions, ingest, plan_pending, process_new_items
 from notifier.aftercare.followups import close, refresh, take, worklist
 from notifier.aftercare.reminders import queue_reminders
-from notifier.ops.reports import build_report
+from notifier.aftercare.reports import build_report
 from notifier.aftercare.responses import apply_no_answer_defaults, handle_sms_reply
 from notifier.rules.load import load_rules
 from notifier.aftercare.satisfaction import answer_sms_score, loop_figures, queue_requests, satisfaction_pages

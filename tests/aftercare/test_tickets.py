@@ -141,7 +141,7 @@ def test_resolving_needs_a_note_and_happens_once(factory, tmp_settings):
 
 def test_notifier_report_gains_the_desks_figures_once_it_has_work(factory, tmp_settings):
     from notifier.ops.console import report_lines
-    from notifier.ops.reports import build_report
+    from notifier.aftercare.reports import build_report
 
     assert not any("Service desk" in line for line in report_lines(build_report(factory, now=NOW)))
     customer, booking = never_asked(factory)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.ops.reports import build_report, render_html
+from notifier.aftercare.reports import build_report, render_html
 from tests.conftest import DEMO_NOW
 from tests.e2e.test_choice_browser import ARTIFACTS, browser  # noqa: F401 - the shared chromium fixture
 from tests.ops.test_reports import busy_sailings, cancel_on_eu_route, choose, tell

@@ -32,7 +32,8 @@ WORDS: dict[str, dict[str, str]] = {
         "download_csv": "Download CSV", "count": "Count", "week": "Week", "route": "Route",
         "within_sla": "Answered within the SLA", "median_first": "Median first answer (hours)",
         "median_resolution": "Median resolution (hours)", "told_within": "Told within",
-        "minutes": "minutes", "choices": "Choices", "unreachable": "Unreachable", "satisfaction": "Satisfaction",
+        "minutes": "minutes", "choices": "Choices", "reach": "Disruptions: bookings",
+        "affected": "affected", "reachable": "reachable", "unreachable": "Unreachable", "satisfaction": "Satisfaction",
         "refused": "Refused", "agent_channel": "by our agent",
     },
     "zh-CN": {
@@ -56,7 +57,8 @@ WORDS: dict[str, dict[str, str]] = {
         "disruption_figures": "停航通知", "download_csv": "下载 CSV", "count": "数量", "week": "周",
         "route": "航线", "within_sla": "时限内应答", "median_first": "首次应答中位数（小时）",
         "median_resolution": "结案中位数（小时）", "told_within": "通知送达于", "minutes": "分钟内",
-        "choices": "客户选择", "unreachable": "无法联系", "satisfaction": "满意度", "refused": "未能完成",
+        "choices": "客户选择", "reach": "停航：受影响订单",
+        "affected": "受影响", "reachable": "可联系", "unreachable": "无法联系", "satisfaction": "满意度", "refused": "未能完成",
         "agent_channel": "由客服记录",
     },
 }

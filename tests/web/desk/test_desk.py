@@ -163,3 +163,15 @@ def test_keep_my_ticket_agreed_on_the_phone_is_recorded_as_the_agents_decision(d
                                                                    Notification.purpose == "confirmation")).all()
     assert booking.sailing_id == before and offers_of(factory, booking.id)["1"].status != "accepted"
     assert export and export[0]["channel"] == "agent" and confirmations
+
+
+def test_statistics_show_how_fast_a_disruption_was_told_and_who_was_reachable(desk_app, factory):
+    notice = sms_notice(factory, "en")  # a planned typhoon notice: one disruption with affected bookings
+    client = desk_app.test_client()
+    sign_in(client)
+    page = client.get("/desk/stats?lang=en").get_data(as_text=True)
+    assert "Told within" in page and "5 min" in page and "30 min" in page
+    assert "Disruptions: bookings" in page and "affected" in page and "reachable" in page
+    chinese = client.get("/desk/stats?lang=zh-CN").get_data(as_text=True)
+    assert "通知送达于" in chinese and "受影响" in chinese
+    assert notice.disruption_id

@@ -12,7 +12,7 @@ from notifier.broadcasts import manual
 from notifier.errors import UsageError
 from notifier.broadcasts.manual import BroadcastRequest
 from notifier.store.models import CustomerResponse, Disruption, Notification, Offer, Route, Sailing
-from notifier.ops.reports import build_report, mask_email, mask_phone, parse_since, render_html
+from notifier.aftercare.reports import build_report, mask_email, mask_phone, parse_since, render_html
 from tests.conftest import DEMO_NOW
 
 
