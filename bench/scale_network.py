@@ -151,6 +151,7 @@ def cached_sqlite(target: Path, bookings: int = 1_000_000, sailings: int = 5000,
     """A fresh copy of the cached SQLite build (building it the first time)."""
     master = cached_master(bookings, sailings, affected)
     shutil.copyfile(master, target)
+    upgrade(f"sqlite:///{target}")  # a build cached before a later migration gets it on the copy, not the master
     return target
 
 
@@ -189,6 +190,7 @@ def postgres_copy(server_url: str, bookings: int = 1_000_000, sailings: int = 50
             connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     finally:
         admin.dispose()
+    upgrade(_database_url(server_url, name))  # as for SQLite: later migrations on the copy
     return _database_url(server_url, name)
 
 
