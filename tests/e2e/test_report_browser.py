@@ -11,7 +11,7 @@ import pytest
 from notifier.aftercare.reports import build_report, render_html
 from tests.conftest import DEMO_NOW
 from tests.e2e.test_choice_browser import ARTIFACTS, browser  # noqa: F401 - the shared chromium fixture
-from tests.ops.test_reports import busy_sailings, cancel_on_eu_route, choose, tell
+from tests.aftercare.test_reports import busy_sailings, cancel_on_eu_route, choose, tell
 
 
 @pytest.fixture
