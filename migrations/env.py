@@ -30,6 +30,13 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # A batch migration copies a table and drops the old one; with foreign keys enforced SQLite refuses to
+            # drop a table others refer to (routes, by every sailing). Alembic's advice: switch them off for the
+            # migration (outside any transaction), as SQLite's own ALTER TABLE procedure does.
+            # On the driver's own connection: SQLAlchemy would BEGIN first, and inside a transaction the pragma is
+            # a no-op.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         _run(connection)
     engine.dispose()
 
