@@ -103,9 +103,14 @@ def _hours(start: datetime, end: datetime) -> float:
     return max((end - start).total_seconds(), 0) / 3600
 
 
-def write_csv(figures: DeskFigures, out: TextIO) -> int:
-    """The figures as CSV rows (figure, key, value); returns how many rows."""
-    rows = [*(("tickets_by_category", k, v) for k, v in figures.by_category.items()),
+def write_csv(figures: DeskFigures, out: TextIO, disruptions: dict[str, Any] | None = None) -> int:
+    """The figures as CSV rows (figure, key, value), with the disruptions' totals when given (`Report.totals()`:
+    told within 5/15/30 minutes, affected and reachable bookings); returns how many rows."""
+    told = (disruptions or {}).get("told_within", {})
+    reach = {k: (disruptions or {})[k] for k in ("affected", "reachable") if k in (disruptions or {})}
+    rows = [*(("disruptions_told_within", f"{minutes}min", n) for minutes, n in told.items()),
+            *(("disruptions_bookings", k, v) for k, v in reach.items()),
+            *(("tickets_by_category", k, v) for k, v in figures.by_category.items()),
             *(("tickets_by_route", k, v) for k, v in figures.by_route.items()),
             *((f"tickets_in_{week}", k, v) for week, counts in figures.by_week.items() for k, v in counts.items()),
             ("tickets", "all", figures.tickets), ("tickets", "answered", figures.answered),

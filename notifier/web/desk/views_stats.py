@@ -39,6 +39,6 @@ def stats_csv() -> Response:
         audit.record(db, agent().name, "desk.stats_exported", None, None)
         db.commit()
     out = io.StringIO()
-    write_csv(figures, out)
+    write_csv(figures, out, build_report(factory()).totals())
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=desk-statistics.csv"})

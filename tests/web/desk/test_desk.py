@@ -174,4 +174,6 @@ def test_statistics_show_how_fast_a_disruption_was_told_and_who_was_reachable(de
     assert "Disruptions: bookings" in page and "affected" in page and "reachable" in page
     chinese = client.get("/desk/stats?lang=zh-CN").get_data(as_text=True)
     assert "通知送达于" in chinese and "受影响" in chinese
+    csv_text = client.get("/desk/stats.csv").get_data(as_text=True)
+    assert "disruptions_told_within,5min," in csv_text and "disruptions_bookings,affected," in csv_text
     assert notice.disruption_id
