@@ -76,13 +76,11 @@ def can_take_sms(e164: str) -> bool:
 
 def sms_refusal(e164: str) -> str:
     """Why a valid number cannot take SMS, in words for the preview and the follow-up list ("" when it can)."""
-    if can_take_sms(e164):
-        return ""
     try:
-        kind = NUMBER_KINDS.get(phonenumbers.number_type(phonenumbers.parse(e164)), "not a mobile")
+        kind = phonenumbers.number_type(phonenumbers.parse(e164))  # parsed once: this runs per customer
     except phonenumbers.NumberParseException:
-        kind = "not a mobile"
-    return f"phone number cannot take SMS ({kind})"
+        return "phone number cannot take SMS (not a mobile)"
+    return "" if kind in SMS_CAPABLE else f"phone number cannot take SMS ({NUMBER_KINDS.get(kind, 'not a mobile')})"
 
 
 def normalise_email(raw: str | None) -> str | None:
